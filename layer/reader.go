@@ -1,0 +1,219 @@
+package layer
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+	"sync"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+)
+
+// errClosed is returned by Read after Close.
+var errClosed = errors.New("layer reader closed")
+
+// chunk is one filled buffer handed from the producer to the consumer. err is
+// the error that follows the data: io.EOF on a clean end, when digest and
+// size are set.
+type chunk struct {
+	buf    []byte
+	err    error
+	digest v1.Hash
+	size   int64
+}
+
+// reader produces the tar stream in its own goroutine, which reads the
+// source and hashes it, so that the consumer (usually the TLS writer of the
+// upload) runs on another core. Buffers travel between the two through
+// channels of full and free buffers, one send per buffer.
+type reader struct {
+	l    *Layer
+	src  io.ReadCloser
+	full chan chunk
+	free chan []byte
+	stop chan struct{}
+	done chan struct{}
+
+	cur     []byte // unread part of the buffer being consumed
+	curFull []byte // the whole buffer behind cur, returned to free when drained
+	err     error  // error that follows cur
+	last    chunk  // the final chunk, whose digest is recorded at io.EOF
+
+	closeOnce sync.Once
+	closeErr  error
+}
+
+func newReader(l *Layer, src io.ReadCloser) *reader {
+	total := int64(len(l.header)) + l.size + padding(l.size) + trailerSize
+	size := l.bufSize
+	if int64(size) > total {
+		size = int(total)
+	}
+	r := &reader{
+		l:    l,
+		src:  src,
+		full: make(chan chunk, l.buffers),
+		free: make(chan []byte, l.buffers),
+		stop: make(chan struct{}),
+		done: make(chan struct{}),
+	}
+	for range l.buffers {
+		r.free <- make([]byte, size)
+	}
+	go r.produce(sha256.New())
+	return r
+}
+
+func (r *reader) produce(h hash.Hash) {
+	defer close(r.done)
+	tail := padding(r.l.size) + trailerSize
+	body := io.MultiReader(
+		bytes.NewReader(r.l.header),
+		&exactReader{r: r.src, size: r.l.size},
+		io.LimitReader(zeros{}, tail),
+	)
+	var total int64
+	for {
+		var buf []byte
+		select {
+		case buf = <-r.free:
+		case <-r.stop:
+			return
+		}
+		n, err := fill(body, buf)
+		h.Write(buf[:n])
+		total += int64(n)
+		c := chunk{buf: buf[:n], err: err}
+		if err == io.EOF {
+			c.digest = v1.Hash{Algorithm: "sha256", Hex: fmt.Sprintf("%x", h.Sum(nil))}
+			c.size = total
+		}
+		select {
+		case r.full <- c:
+		case <-r.stop:
+			return
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
+// fill reads into buf until it is full or r returns an error, which is
+// returned as is (io.EOF included).
+func fill(r io.Reader, buf []byte) (int, error) {
+	n := 0
+	for n < len(buf) {
+		m, err := r.Read(buf[n:])
+		n += m
+		if err != nil {
+			return n, err
+		}
+	}
+	return n, nil
+}
+
+// Read returns the tar stream. The layer's digest is recorded when Read
+// returns io.EOF, never earlier and never after another error.
+func (r *reader) Read(p []byte) (int, error) {
+	for len(r.cur) == 0 {
+		if r.err != nil {
+			return 0, r.end()
+		}
+		if r.curFull != nil {
+			r.free <- r.curFull[:cap(r.curFull)]
+			r.curFull = nil
+		}
+		select {
+		case c := <-r.full:
+			r.cur, r.curFull, r.err, r.last = c.buf, c.buf, c.err, c
+		case <-r.stop:
+			return 0, errClosed
+		}
+	}
+	n := copy(p, r.cur)
+	r.cur = r.cur[n:]
+	if len(r.cur) == 0 && r.err != nil {
+		return n, r.end()
+	}
+	return n, nil
+}
+
+// end returns the error that follows the stream, recording the layer's
+// digest when it is a clean io.EOF.
+func (r *reader) end() error {
+	if r.err == io.EOF {
+		r.l.finish(r.last.digest, r.last.size)
+	}
+	return r.err
+}
+
+// Close stops the producer and closes the source. It is safe to call from
+// another goroutine than Read, and more than once.
+func (r *reader) Close() error {
+	r.closeOnce.Do(func() {
+		close(r.stop)
+		r.closeErr = r.src.Close() // unblocks a producer waiting on the source
+		<-r.done
+	})
+	return r.closeErr
+}
+
+// exactReader passes through exactly size bytes of r and fails with
+// ErrSizeMismatch when r ends early or holds more.
+type exactReader struct {
+	r    io.Reader
+	size int64
+	read int64
+	eof  bool
+}
+
+func (e *exactReader) Read(p []byte) (int, error) {
+	if e.read == e.size {
+		return 0, e.checkEnd()
+	}
+	if rem := e.size - e.read; int64(len(p)) > rem {
+		p = p[:rem]
+	}
+	n, err := e.r.Read(p)
+	e.read += int64(n)
+	switch {
+	case err == io.EOF && e.read < e.size:
+		return n, fmt.Errorf("%w: source ended after %d of %d bytes", ErrSizeMismatch, e.read, e.size)
+	case err == io.EOF:
+		e.eof = true
+		return n, nil
+	case err != nil:
+		return n, fmt.Errorf("reading disk source at byte %d: %w", e.read, err)
+	}
+	return n, nil
+}
+
+// checkEnd returns io.EOF when the source has no byte past size.
+func (e *exactReader) checkEnd() error {
+	if e.eof {
+		return io.EOF
+	}
+	var one [1]byte
+	n, err := io.ReadFull(e.r, one[:])
+	switch {
+	case n == 1:
+		return fmt.Errorf("%w: source holds more than %d bytes", ErrSizeMismatch, e.size)
+	case err == io.EOF:
+		e.eof = true
+		return io.EOF
+	default:
+		return fmt.Errorf("reading disk source at byte %d: %w", e.read, err)
+	}
+}
+
+// zeros is an endless reader of zero bytes.
+type zeros struct{}
+
+func (zeros) Read(p []byte) (int, error) {
+	clear(p)
+	return len(p), nil
+}
