@@ -1,0 +1,188 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"strings"
+
+	"github.com/spf13/pflag"
+
+	"github.com/diskimporter/diskimporter/importer"
+)
+
+const importUsage = `Usage: diskimporter import --source URL|PATH --destination REGISTRY/REPO:TAG [flags]
+
+Reads the disk once, wraps it in an uncompressed tar layer (disk/<name>,
+uid 107) and pushes it over TLS pinned to AES-GCM. Prints one JSON result
+line on stdout; logs go to stderr.
+
+Examples:
+  diskimporter import --source https://cloud.example/fedora.raw \
+      --destination registry.example:5000/disks/fedora:41 --ca-file /etc/registry-ca.pem
+  DISKIMPORTER_USERNAME=ci DISKIMPORTER_PASSWORD=secret \
+      diskimporter import --source ./disk.iso --destination registry.example/isos/installer:v1
+
+Every flag can also be set through the environment variable named after it
+(--source-ca-file is DISKIMPORTER_SOURCE_CA_FILE); a flag on the command line wins.
+
+Flags:
+`
+
+// cliOptions are the flags that are not importer.Options fields.
+type cliOptions struct {
+	pprofAddress string
+	resultFile   string
+	logFormat    string
+	maxTLS       string
+}
+
+func importFlags(o *importer.Options, c *cliOptions) *pflag.FlagSet {
+	fs := pflag.NewFlagSet("import", pflag.ContinueOnError)
+	fs.SortFlags = false
+	fs.StringVar(&o.Source, "source", "", "disk image: http(s):// URL, file:// URL or path (required)")
+	fs.StringVar(&o.Destination, "destination", "", "image to write, REGISTRY/REPO:TAG (required)")
+	fs.StringVar(&o.Username, "username", "", "registry user name (default: the Docker config keychain)")
+	fs.StringVar(&o.Password, "password", "", "registry password; prefer DISKIMPORTER_PASSWORD, a flag shows in ps")
+	fs.StringVar(&o.RegistryTLS.CAFile, "ca-file", "", "PEM CA bundle trusted for the registry, besides the system roots")
+	fs.BoolVar(&o.RegistryTLS.InsecureSkipVerify, "insecure-skip-tls-verify", false, "do not verify the registry's certificate (the AES-GCM pin still holds)")
+	fs.StringVar(&o.RegistryTLS.ClientCertFile, "client-cert", "", "PEM client certificate for the registry")
+	fs.StringVar(&o.RegistryTLS.ClientKeyFile, "client-key", "", "PEM key of --client-cert")
+	fs.BoolVar(&o.PlainHTTP, "plain-http", false, "allow plain http to the registry (never by default, even on loopback)")
+	fs.BoolVar(&o.HTTP1, "http1", false, "talk HTTP/1.1 to the registry instead of HTTP/2")
+	fs.StringVar(&o.SourceCAFile, "source-ca-file", "", "PEM CA bundle trusted for an https source, besides the system roots")
+	fs.BoolVar(&o.SourceInsecureSkipVerify, "source-insecure-skip-tls-verify", false, "do not verify the source's certificate")
+	fs.StringVar(&o.DiskName, "disk-name", "", "file name of the disk under disk/ (default disk.img, or disk.iso for an ISO)")
+	fs.StringVar(&o.Platform, "platform", "linux/amd64", "image platform os/arch[/variant]")
+	fs.BoolVar(&o.DockerMediaTypes, "docker-media-types", false, "write Docker v2 media types instead of OCI")
+	fs.DurationVar(&o.ProgressInterval, "progress-interval", 0, "how often to log progress (default 5s)")
+	fs.StringVar(&c.maxTLS, "tls-max-version", "1.2", "highest TLS version to the registry: 1.2 or 1.3 (the AES-GCM pin is checked on the negotiated suite either way)")
+	fs.StringVar(&c.pprofAddress, "pprof-address", "", "serve net/http/pprof on this address, such as 127.0.0.1:6060 (off when empty)")
+	fs.StringVar(&c.resultFile, "result-file", "", "also write the JSON result to this file")
+	fs.StringVar(&c.logFormat, "log-format", "auto", "log format: text, json, or auto (text on a terminal, JSON otherwise)")
+	return fs
+}
+
+// envName is the environment variable that sets a flag.
+func envName(flag string) string {
+	return "DISKIMPORTER_" + strings.ToUpper(strings.ReplaceAll(flag, "-", "_"))
+}
+
+// parseFlags parses args, then fills every flag not given on the command
+// line from its environment variable.
+func parseFlags(fs *pflag.FlagSet, args []string) error {
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected arguments %q", fs.Args())
+	}
+	var errs []error
+	fs.VisitAll(func(f *pflag.Flag) {
+		if f.Changed {
+			return
+		}
+		if v, ok := os.LookupEnv(envName(f.Name)); ok {
+			if err := fs.Set(f.Name, v); err != nil {
+				errs = append(errs, fmt.Errorf("%s: %w", envName(f.Name), err))
+			}
+		}
+	})
+	return errors.Join(errs...)
+}
+
+func runImport(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	var o importer.Options
+	var c cliOptions
+	fs := importFlags(&o, &c)
+	fs.SetOutput(stderr)
+	fs.Usage = func() { fmt.Fprint(stderr, importUsage+fs.FlagUsages()) }
+	if err := parseFlags(fs, args); err != nil {
+		if errors.Is(err, pflag.ErrHelp) {
+			return 0
+		}
+		fmt.Fprintf(stderr, "diskimporter import: %v\n", err)
+		return 2
+	}
+	logger, err := newLogger(c.logFormat, stderr)
+	if err != nil {
+		fmt.Fprintf(stderr, "diskimporter import: %v\n", err)
+		return 2
+	}
+	o.Logger = logger
+	switch c.maxTLS {
+	case "1.2":
+	case "1.3":
+		o.RegistryTLS.MaxVersion = tls.VersionTLS13
+	default:
+		fmt.Fprintf(stderr, "diskimporter import: --tls-max-version %q: want 1.2 or 1.3\n", c.maxTLS)
+		return 2
+	}
+
+	if c.pprofAddress != "" {
+		stopPprof, err := servePprof(c.pprofAddress, logger)
+		if err != nil {
+			fmt.Fprintf(stderr, "diskimporter import: %v\n", err)
+			return 1
+		}
+		defer stopPprof()
+	}
+
+	res, err := importer.Run(ctx, o)
+	if err != nil {
+		logger.Error("import failed", "reason", importer.Reason(err), "error", err)
+		fmt.Fprintf(stderr, "diskimporter import: %s: %v\n", importer.Reason(err), err)
+		writeResultFile(c.resultFile, failure{Reason: importer.Reason(err), Message: err.Error()}, logger)
+		return 1
+	}
+	line, _ := json.Marshal(res)
+	fmt.Fprintf(stdout, "%s\n", line)
+	writeResultFile(c.resultFile, res, logger)
+	return 0
+}
+
+// failure is the result written on error.
+type failure struct {
+	Reason  string `json:"reason"`
+	Message string `json:"message"`
+}
+
+func writeResultFile(path string, v any, logger *slog.Logger) {
+	if path == "" {
+		return
+	}
+	b, _ := json.Marshal(v)
+	if err := os.WriteFile(path, append(b, '\n'), 0o644); err != nil {
+		logger.Error("writing the result file", "path", path, "error", err)
+	}
+}
+
+// newLogger returns a slog logger writing to w in the given format.
+func newLogger(format string, w io.Writer) (*slog.Logger, error) {
+	switch format {
+	case "auto":
+		if f, ok := w.(*os.File); ok && isTerminal(f) {
+			format = "text"
+		} else {
+			format = "json"
+		}
+	case "text", "json":
+	default:
+		return nil, fmt.Errorf("--log-format %q: want text, json or auto", format)
+	}
+	if format == "text" {
+		return slog.New(slog.NewTextHandler(w, nil)), nil
+	}
+	return slog.New(slog.NewJSONHandler(w, nil)), nil
+}
+
+// isTerminal reports whether f is a character device, as a terminal is.
+func isTerminal(f *os.File) bool {
+	fi, err := f.Stat()
+	return err == nil && fi.Mode()&os.ModeCharDevice != 0
+}

@@ -1,0 +1,155 @@
+package importer
+
+import (
+	"fmt"
+	"log/slog"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+
+	"github.com/diskimporter/diskimporter/tlsconfig"
+)
+
+// Options configures one import. The zero value of every field but Source
+// and Destination is a usable default, stated on the field.
+type Options struct {
+	// Source is the disk image: an http:// or https:// URL, a file:// URL or
+	// a local path. Required.
+	Source string
+
+	// Destination is the image reference to push to, REGISTRY/REPO:TAG.
+	// Required. A reference without a tag gets "latest"; a digest
+	// reference is refused, since the manifest is made by the import.
+	Destination string
+
+	// SourceCAFile is a PEM bundle trusted for an https:// source in
+	// addition to the system roots. Empty: system roots only.
+	SourceCAFile string
+
+	// SourceInsecureSkipVerify turns off certificate verification of an
+	// https:// source. False: verify.
+	SourceInsecureSkipVerify bool
+
+	// RegistryTLS configures the registry connection, which is always
+	// pinned to AES-GCM. Zero: system roots, TLS 1.2.
+	RegistryTLS tlsconfig.Options
+
+	// PlainHTTP allows talking to the registry without TLS. False: every
+	// registry request goes over https, including to loopback and private
+	// addresses, where go-containerregistry would otherwise fall back to
+	// plain http.
+	PlainHTTP bool
+
+	// HTTP1 makes the registry connection HTTP/1.1 only. False: HTTP/2
+	// when the registry offers it.
+	HTTP1 bool
+
+	// Username and Password authenticate to the registry. Empty: the
+	// Keychain is asked.
+	Username, Password string
+
+	// Keychain resolves registry credentials when Username is empty. Nil:
+	// the Docker config keychain (authn.DefaultKeychain).
+	Keychain authn.Keychain
+
+	// DiskName is the file name of the disk inside disk/. Empty: "disk"
+	// with an extension for the detected format (disk.img, disk.iso).
+	DiskName string
+
+	// Platform is the image platform, os/arch[/variant]. Empty:
+	// linux/amd64.
+	Platform string
+
+	// DockerMediaTypes writes a Docker v2 schema 2 manifest and layer media
+	// type instead of OCI ones. False: OCI.
+	DockerMediaTypes bool
+
+	// ProgressInterval is how often progress is logged. Zero: 5s.
+	ProgressInterval time.Duration
+
+	// Logger receives progress and stage logs. Nil: slog.Default().
+	Logger *slog.Logger
+}
+
+// settings are Options after defaults and validation.
+type settings struct {
+	Options
+	ref      name.Tag
+	platform v1.Platform
+}
+
+func (o Options) settings() (*settings, error) {
+	s := &settings{Options: o}
+	if o.Source == "" {
+		return nil, fmt.Errorf("%w: no source given", ErrInvalidOptions)
+	}
+	if o.Destination == "" {
+		return nil, fmt.Errorf("%w: no destination given", ErrInvalidOptions)
+	}
+	if strings.Contains(o.Destination, "@") {
+		return nil, fmt.Errorf("%w: destination %q is a digest reference; give REGISTRY/REPO:TAG, the digest is made by the import", ErrInvalidDestination, o.Destination)
+	}
+	var nameOpts []name.Option
+	if o.PlainHTTP {
+		nameOpts = append(nameOpts, name.Insecure)
+	}
+	ref, err := name.NewTag(o.Destination, nameOpts...)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %q: %w (want REGISTRY/REPO:TAG, such as registry.example:5000/disks/fedora:41)", ErrInvalidDestination, o.Destination, err)
+	}
+	s.ref = ref
+
+	if s.Platform == "" {
+		s.Platform = "linux/amd64"
+	}
+	p, err := v1.ParsePlatform(s.Platform)
+	if err != nil || p.OS == "" || p.Architecture == "" {
+		return nil, fmt.Errorf("%w: platform %q: want os/arch[/variant], such as linux/arm64", ErrInvalidOptions, s.Platform)
+	}
+	s.platform = *p
+
+	if s.DiskName != "" && (strings.ContainsAny(s.DiskName, "/\\\x00") || s.DiskName == "." || s.DiskName == "..") {
+		return nil, fmt.Errorf("%w: disk name %q must be a plain file name", ErrInvalidOptions, s.DiskName)
+	}
+	if s.ProgressInterval <= 0 {
+		s.ProgressInterval = 5 * time.Second
+	}
+	if s.Logger == nil {
+		s.Logger = slog.Default()
+	}
+	if s.Keychain == nil {
+		s.Keychain = authn.DefaultKeychain
+	}
+	if s.Username != "" {
+		s.Keychain = staticKeychain{authn.FromConfig(authn.AuthConfig{Username: s.Username, Password: s.Password})}
+	} else if s.Password != "" {
+		return nil, fmt.Errorf("%w: a password was given without a username", ErrInvalidOptions)
+	}
+	return s, nil
+}
+
+// staticKeychain answers every registry with the same credentials.
+type staticKeychain struct{ auth authn.Authenticator }
+
+func (k staticKeychain) Resolve(authn.Resource) (authn.Authenticator, error) { return k.auth, nil }
+
+// Redact returns rawURL without user info and with any query string
+// replaced, so that credentials and presigned signatures never reach a log
+// line, an error or an annotation. A string that is not a URL is returned
+// as is.
+func Redact(rawURL string) string {
+	u, err := url.Parse(rawURL)
+	if err != nil || u.Scheme == "" || u.Host == "" {
+		return rawURL
+	}
+	u.User = nil
+	if u.RawQuery != "" {
+		u.RawQuery = "REDACTED"
+	}
+	u.Fragment = ""
+	return u.String()
+}

@@ -1,0 +1,110 @@
+package importer
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// progress counts the source bytes read by the current attempt.
+type progress struct {
+	total int64
+	done  atomic.Int64
+	start time.Time
+}
+
+// log writes a progress line every interval until ctx is done.
+func (p *progress) log(ctx context.Context, logger *slog.Logger, interval time.Duration) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			done := p.done.Load()
+			elapsed := time.Since(p.start).Seconds()
+			rate := float64(done) / elapsed
+			attrs := []any{"bytes", done, "total", p.total, "mb_per_second", round(rate / 1e6)}
+			if p.total > 0 {
+				attrs = append(attrs, "percent", round(100*float64(done)/float64(p.total)))
+			}
+			if rate > 0 && p.total > done {
+				attrs = append(attrs, "eta", time.Duration(float64(p.total-done)/rate*float64(time.Second)).Round(time.Second).String())
+			}
+			logger.Info("progress", attrs...)
+		}
+	}
+}
+
+func round(f float64) float64 { return float64(int64(f*10+0.5)) / 10 }
+
+// meteredReader hashes and counts the source bytes as the layer reads them.
+// It runs in the layer's producer goroutine, off the upload's core. It
+// classifies read errors: an early end is ErrShortSource, anything else
+// ErrSourceUnavailable.
+type meteredReader struct {
+	r       io.ReadCloser
+	display string
+	size    int64
+	hash    hash.Hash
+	count   *atomic.Int64
+	done    func(sum string) // called once at the source's clean end
+}
+
+func newMeteredReader(r io.ReadCloser, src *source, count *atomic.Int64, done func(string)) *meteredReader {
+	count.Store(0)
+	return &meteredReader{r: r, display: src.display, size: src.size, hash: sha256.New(), count: count, done: done}
+}
+
+func (m *meteredReader) Read(p []byte) (int, error) {
+	n, err := m.r.Read(p)
+	m.hash.Write(p[:n])
+	read := m.count.Add(int64(n))
+	switch {
+	case err == nil:
+	case err == io.EOF:
+		if m.done != nil {
+			m.done(hex.EncodeToString(m.hash.Sum(nil)))
+			m.done = nil
+		}
+	case errors.Is(err, io.ErrUnexpectedEOF):
+		err = fmt.Errorf("%w: %s ended after %d of %d bytes: %w", ErrShortSource, m.display, read, m.size, err)
+	default:
+		err = fmt.Errorf("%w: reading %s at byte %d: %w", ErrSourceUnavailable, m.display, read, err)
+	}
+	return n, err
+}
+
+func (m *meteredReader) Close() error { return m.r.Close() }
+
+// sourceDigest keeps the sha256 of the source as read by the attempts that
+// reached its end, and notices when two of them differ.
+type sourceDigest struct {
+	mu      sync.Mutex
+	sum     string
+	changed bool
+}
+
+func (d *sourceDigest) record(sum string) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.sum != "" && d.sum != sum {
+		d.changed = true
+	}
+	d.sum = sum
+}
+
+func (d *sourceDigest) get() (sum string, changed bool) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.sum, d.changed
+}
