@@ -90,7 +90,7 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	log = log.With("source", src.display)
 	prog := &progress{total: src.size, start: time.Now()}
 	var digest sourceDigest
-	metered := newMeteredReader(rc, src, &prog.done, digest.record)
+	metered := newMeteredReader(rc, src, &prog.done)
 	head := bufio.NewReaderSize(metered, 64<<10)
 	peek, err := head.Peek(detect.HeadSize)
 	if err != nil && err != io.EOF && err != bufio.ErrBufferFull {
@@ -111,13 +111,14 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	l, err := layer.New(readCloser{head, metered}, src.size,
 		layer.WithDiskName(diskName),
 		layer.WithMediaType(layerMediaType(s.DockerMediaTypes)),
+		layer.WithContentDigest(digest.record),
 		layer.WithReopen(func() (io.ReadCloser, error) {
 			log.Warn("reading the source again for an upload retry")
 			rc, err := src.open(ctx)
 			if err != nil {
 				return nil, err
 			}
-			return newMeteredReader(rc, src, &prog.done, digest.record), nil
+			return newMeteredReader(rc, src, &prog.done), nil
 		}),
 	)
 	if err != nil {

@@ -2,16 +2,15 @@ package importer
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
-	"hash"
 	"io"
 	"log/slog"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
 )
 
 // progress counts the source bytes read by the current attempt.
@@ -47,35 +46,26 @@ func (p *progress) log(ctx context.Context, logger *slog.Logger, interval time.D
 
 func round(f float64) float64 { return float64(int64(f*10+0.5)) / 10 }
 
-// meteredReader hashes and counts the source bytes as the layer reads them.
-// It runs in the layer's producer goroutine, off the upload's core. It
+// meteredReader counts the source bytes as the layer reads them and
 // classifies read errors: an early end is ErrShortSource, anything else
 // ErrSourceUnavailable.
 type meteredReader struct {
 	r       io.ReadCloser
 	display string
 	size    int64
-	hash    hash.Hash
 	count   *atomic.Int64
-	done    func(sum string) // called once at the source's clean end
 }
 
-func newMeteredReader(r io.ReadCloser, src *source, count *atomic.Int64, done func(string)) *meteredReader {
+func newMeteredReader(r io.ReadCloser, src *source, count *atomic.Int64) *meteredReader {
 	count.Store(0)
-	return &meteredReader{r: r, display: src.display, size: src.size, hash: sha256.New(), count: count, done: done}
+	return &meteredReader{r: r, display: src.display, size: src.size, count: count}
 }
 
 func (m *meteredReader) Read(p []byte) (int, error) {
 	n, err := m.r.Read(p)
-	m.hash.Write(p[:n])
 	read := m.count.Add(int64(n))
 	switch {
-	case err == nil:
-	case err == io.EOF:
-		if m.done != nil {
-			m.done(hex.EncodeToString(m.hash.Sum(nil)))
-			m.done = nil
-		}
+	case err == nil, err == io.EOF:
 	case errors.Is(err, io.ErrUnexpectedEOF):
 		err = fmt.Errorf("%w: %s ended after %d of %d bytes: %w", ErrShortSource, m.display, read, m.size, err)
 	default:
@@ -94,13 +84,13 @@ type sourceDigest struct {
 	changed bool
 }
 
-func (d *sourceDigest) record(sum string) {
+func (d *sourceDigest) record(h v1.Hash) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if d.sum != "" && d.sum != sum {
+	if d.sum != "" && d.sum != h.Hex {
 		d.changed = true
 	}
-	d.sum = sum
+	d.sum = h.Hex
 }
 
 func (d *sourceDigest) get() (sum string, changed bool) {

@@ -65,6 +65,7 @@ type Layer struct {
 	header    []byte
 	mediaType types.MediaType
 	reopen    Opener
+	onContent func(v1.Hash)
 	bufSize   int
 	buffers   int
 
@@ -114,6 +115,17 @@ func WithMediaType(mt types.MediaType) Option {
 func WithReopen(open Opener) Option {
 	return func(l *Layer) error {
 		l.reopen = open
+		return nil
+	}
+}
+
+// WithContentDigest makes every reader also compute the sha256 of the disk
+// content alone (the bytes of disk/<name>, without tar headers), on another
+// goroutine in parallel with the layer digest, and pass it to fn when the
+// reader reaches a clean end. fn is not called after a failed read.
+func WithContentDigest(fn func(v1.Hash)) Option {
+	return func(l *Layer) error {
+		l.onContent = fn
 		return nil
 	}
 }

@@ -60,7 +60,9 @@ func TestTarLayout(t *testing.T) {
 	for _, size := range []int{0, 1, 511, 512, 513, 3<<20 + 17} {
 		t.Run(fmt.Sprint(size), func(t *testing.T) {
 			content := disk(size)
-			l, err := New(io.NopCloser(bytes.NewReader(content)), int64(size), WithDiskName("disk.qcow2"), WithBuffers(2, 4096))
+			var contentDigest v1.Hash
+			l, err := New(io.NopCloser(bytes.NewReader(content)), int64(size), WithDiskName("disk.qcow2"), WithBuffers(2, 4096),
+				WithContentDigest(func(h v1.Hash) { contentDigest = h }))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -89,6 +91,9 @@ func TestTarLayout(t *testing.T) {
 			}
 			if diff, _ := l.DiffID(); diff != d {
 				t.Errorf("DiffID %s != Digest %s", diff, d)
+			}
+			if contentDigest.Hex != fmt.Sprintf("%x", sha256.Sum256(content)) {
+				t.Errorf("content digest %s is not the sha256 of the disk", contentDigest)
 			}
 
 			tr := tar.NewReader(bytes.NewReader(blob))
@@ -193,7 +198,8 @@ func TestBadSources(t *testing.T) {
 		{"read error at the end", &failingReader{data: content, err: boom}, 5000, boom},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			l, _ := New(io.NopCloser(tc.src), tc.size, WithBuffers(2, 1024))
+			l, _ := New(io.NopCloser(tc.src), tc.size, WithBuffers(2, 1024),
+				WithContentDigest(func(v1.Hash) { t.Error("content digest reported after a failed read") }))
 			rc, _ := l.Compressed()
 			_, err := io.ReadAll(rc)
 			rc.Close()

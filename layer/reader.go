@@ -3,6 +3,7 @@ package layer
 import (
 	"bytes"
 	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"hash"
@@ -19,10 +20,11 @@ var errClosed = errors.New("layer reader closed")
 // the error that follows the data: io.EOF on a clean end, when digest and
 // size are set.
 type chunk struct {
-	buf    []byte
-	err    error
-	digest v1.Hash
-	size   int64
+	buf     []byte
+	err     error
+	digest  v1.Hash
+	content v1.Hash
+	size    int64
 }
 
 // reader produces the tar stream in its own goroutine, which reads the
@@ -63,11 +65,11 @@ func newReader(l *Layer, src io.ReadCloser) *reader {
 	for range l.buffers {
 		r.free <- make([]byte, size)
 	}
-	go r.produce(sha256.New())
+	go r.produce()
 	return r
 }
 
-func (r *reader) produce(h hash.Hash) {
+func (r *reader) produce() {
 	defer close(r.done)
 	tail := padding(r.l.size) + trailerSize
 	body := io.MultiReader(
@@ -75,6 +77,13 @@ func (r *reader) produce(h hash.Hash) {
 		&exactReader{r: r.src, size: r.l.size},
 		io.LimitReader(zeros{}, tail),
 	)
+	layerHash := sha256.New()
+	var contentHash hash.Hash
+	if r.l.onContent != nil {
+		contentHash = sha256.New()
+	}
+	contentStart := int64(len(r.l.header))
+	contentEnd := contentStart + r.l.size
 	var total int64
 	for {
 		var buf []byte
@@ -84,11 +93,28 @@ func (r *reader) produce(h hash.Hash) {
 			return
 		}
 		n, err := fill(body, buf)
-		h.Write(buf[:n])
+		buf = buf[:n]
+		if contentHash != nil {
+			// The content part of buf, hashed on another core while
+			// this one hashes the whole buffer.
+			from := min(max(contentStart-total, 0), int64(n))
+			to := min(max(contentEnd-total, 0), int64(n))
+			var wg sync.WaitGroup
+			if from < to {
+				wg.Go(func() { contentHash.Write(buf[from:to]) })
+			}
+			layerHash.Write(buf)
+			wg.Wait()
+		} else {
+			layerHash.Write(buf)
+		}
 		total += int64(n)
-		c := chunk{buf: buf[:n], err: err}
+		c := chunk{buf: buf, err: err}
 		if err == io.EOF {
-			c.digest = v1.Hash{Algorithm: "sha256", Hex: fmt.Sprintf("%x", h.Sum(nil))}
+			c.digest = sha256Hash(layerHash)
+			if contentHash != nil {
+				c.content = sha256Hash(contentHash)
+			}
 			c.size = total
 		}
 		select {
@@ -100,6 +126,10 @@ func (r *reader) produce(h hash.Hash) {
 			return
 		}
 	}
+}
+
+func sha256Hash(h hash.Hash) v1.Hash {
+	return v1.Hash{Algorithm: "sha256", Hex: hex.EncodeToString(h.Sum(nil))}
 }
 
 // fill reads into buf until it is full or r returns an error, which is
@@ -147,6 +177,9 @@ func (r *reader) Read(p []byte) (int, error) {
 func (r *reader) end() error {
 	if r.err == io.EOF {
 		r.l.finish(r.last.digest, r.last.size)
+		if r.l.onContent != nil {
+			r.l.onContent(r.last.content)
+		}
 	}
 	return r.err
 }
