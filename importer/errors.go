@@ -6,9 +6,11 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"strings"
+	"syscall"
 
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 
@@ -82,6 +84,9 @@ var reasons = []struct {
 	err    error
 	reason string
 }{
+	// A cancelled import is reported as such whatever stage noticed it.
+	{context.Canceled, "Cancelled"},
+	{context.DeadlineExceeded, "Timeout"},
 	{ErrInvalidOptions, "InvalidOptions"},
 	{ErrInvalidDestination, "InvalidDestination"},
 	{ErrSourceNotFound, "SourceNotFound"},
@@ -93,8 +98,6 @@ var reasons = []struct {
 	{ErrUnsupportedFormat, "UnsupportedFormat"},
 	{ErrRegistryUnauthorized, "Unauthorized"},
 	{ErrRegistryTLS, "RegistryTLS"},
-	{context.Canceled, "Cancelled"},
-	{context.DeadlineExceeded, "Timeout"},
 }
 
 // Reason returns a short machine-readable reason for an error returned by
@@ -111,4 +114,21 @@ func Reason(err error) string {
 		return "RegistryError"
 	}
 	return "Failed"
+}
+
+// retryable reports whether go-containerregistry should retry a failed
+// registry request: its own rule (temporary errors, dropped connections),
+// except for failures of the source, which a retry would only download
+// again from byte zero, and for a cancelled import.
+func retryable(err error) bool {
+	for _, final := range []error{ErrShortSource, ErrSourceUnavailable, ErrSourceChanged, context.Canceled, context.DeadlineExceeded} {
+		if errors.Is(err, final) {
+			return false
+		}
+	}
+	if t, ok := err.(interface{ Temporary() bool }); ok && t.Temporary() {
+		return true
+	}
+	return errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) ||
+		errors.Is(err, syscall.EPIPE) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, net.ErrClosed)
 }

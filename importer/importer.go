@@ -74,7 +74,7 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 		return nil, err
 	}
 	registry := s.ref.RegistryStr()
-	pusher, err := remote.NewPusher(remote.WithContext(ctx), remote.WithTransport(rt), remote.WithAuthFromKeychain(s.Keychain))
+	pusher, err := remote.NewPusher(remote.WithContext(ctx), remote.WithTransport(rt), remote.WithAuthFromKeychain(s.Keychain), remote.WithRetryPredicate(retryable))
 	if err != nil {
 		return nil, err
 	}
