@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/v1/remote"
@@ -67,6 +68,37 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	}
 	start := time.Now()
 	log := s.Logger.With("destination", s.ref.String())
+	var prog tracker
+	prog.enter(PhaseDownloading, 0)
+	progCtx, stopProgress := context.WithCancel(ctx)
+	reporting := make(chan struct{})
+	go func() {
+		defer close(reporting)
+		prog.report(progCtx, log, s.ProgressInterval, s.OnProgress)
+	}()
+	res, err := run(ctx, s, log, &prog)
+	stopProgress()
+	<-reporting // OnProgress is never called twice at once
+	final := prog.snapshot()
+	final.Phase = PhaseDone
+	if err != nil {
+		final.Phase = PhaseFailed
+	}
+	if s.OnProgress != nil {
+		s.OnProgress(final)
+	}
+	if err != nil {
+		return nil, err
+	}
+	took := time.Since(start).Seconds()
+	res.Seconds = round(took)
+	res.MBPerSecond = round(float64(res.Size) / took / 1e6)
+	log.Info("imported", "reference", res.Reference, "seconds", res.Seconds, "mb_per_second", res.MBPerSecond)
+	return res, nil
+}
+
+// run is Run after the options were checked.
+func run(ctx context.Context, s *settings, log *slog.Logger, prog *tracker) (*Result, error) {
 
 	var tlsSeen tlsState
 	rt, err := registryTransport(s, &tlsSeen)
@@ -88,9 +120,9 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 		return nil, err
 	}
 	log = log.With("source", src.display)
-	prog := &progress{total: src.size, start: time.Now()}
 	var digest sourceDigest
-	metered := newMeteredReader(rc, src, &prog.done)
+	prog.enter(PhasePushing, src.size)
+	metered := newMeteredReader(rc, src, &prog.bytes)
 	head := bufio.NewReaderSize(metered, 64<<10)
 	peek, err := head.Peek(detect.HeadSize)
 	if err != nil && err != io.EOF && err != bufio.ErrBufferFull {
@@ -118,7 +150,7 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 			if err != nil {
 				return nil, err
 			}
-			return newMeteredReader(rc, src, &prog.done), nil
+			return newMeteredReader(rc, src, &prog.bytes), nil
 		}),
 	)
 	if err != nil {
@@ -126,11 +158,7 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 		return nil, fmt.Errorf("%w: %w", ErrInvalidOptions, err)
 	}
 
-	progCtx, stopProgress := context.WithCancel(ctx)
-	go prog.log(progCtx, log, s.ProgressInterval)
-	err = pusher.Upload(ctx, s.ref.Repository, l)
-	stopProgress()
-	if err != nil {
+	if err := pusher.Upload(ctx, s.ref.Repository, l); err != nil {
 		return nil, uploadError(ctx, registry, err)
 	}
 
@@ -149,12 +177,11 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 		return nil, registryError("writing the manifest", registry, err)
 	}
 
-	res, err := result(s, img, l, desc, time.Since(start))
+	res, err := result(s, img, l, desc)
 	if err != nil {
 		return nil, err
 	}
 	res.TLSVersion, res.TLSCipherSuite = tlsSeen.get()
-	log.Info("imported", "reference", res.Reference, "seconds", res.Seconds, "mb_per_second", res.MBPerSecond)
 	return res, nil
 }
 

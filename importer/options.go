@@ -73,6 +73,13 @@ type Options struct {
 
 	// Logger receives progress and stage logs. Nil: slog.Default().
 	Logger *slog.Logger
+
+	// OnProgress, when set, is called with a snapshot every
+	// ProgressInterval and once more at the end, with PhaseDone or
+	// PhaseFailed. Calls come from one goroutine at a time and should
+	// return quickly: a slow OnProgress delays the next report, never the
+	// byte path.
+	OnProgress func(Progress)
 }
 
 // settings are Options after defaults and validation.

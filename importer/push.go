@@ -3,7 +3,6 @@ package importer
 import (
 	"fmt"
 	"strconv"
-	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/empty"
@@ -61,7 +60,7 @@ func newImage(s *settings, l *layer.Layer, d diskDescription) (v1.Image, error) 
 	return mutate.Append(img, mutate.Addendum{Layer: l})
 }
 
-func result(s *settings, img v1.Image, l *layer.Layer, d diskDescription, took time.Duration) (*Result, error) {
+func result(s *settings, img v1.Image, l *layer.Layer, d diskDescription) (*Result, error) {
 	manifest, err := img.Digest()
 	if err != nil {
 		return nil, err
@@ -74,7 +73,6 @@ func result(s *settings, img v1.Image, l *layer.Layer, d diskDescription, took t
 	if err != nil {
 		return nil, err
 	}
-	secs := took.Seconds()
 	return &Result{
 		Destination:    s.ref.String(),
 		Reference:      s.ref.Context().Digest(manifest.String()).String(),
@@ -86,7 +84,5 @@ func result(s *settings, img v1.Image, l *layer.Layer, d diskDescription, took t
 		Size:           d.size,
 		Source:         d.source,
 		SourceSHA256:   "sha256:" + d.sha256,
-		Seconds:        round(secs),
-		MBPerSecond:    round(float64(d.size) / secs / 1e6),
 	}, nil
 }
