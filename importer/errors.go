@@ -47,11 +47,17 @@ var (
 	// ErrUnsupportedFormat: the source holds a format this version does not
 	// import.
 	ErrUnsupportedFormat = errors.New("unsupported format")
+	// ErrTooLarge: the disk is larger than --max-size or its virtual size
+	// larger than --max-virtual-size.
+	ErrTooLarge = errors.New("disk too large")
 	// ErrRegistryUnauthorized: the registry refused the credentials (HTTP
 	// 401 or 403).
 	ErrRegistryUnauthorized = errors.New("registry refused the credentials")
 	// ErrRegistryTLS: the TLS handshake with the registry failed.
 	ErrRegistryTLS = errors.New("registry TLS handshake failed")
+	// ErrRegistry: the registry could not be reached or failed a request
+	// for another reason than credentials or TLS.
+	ErrRegistry = errors.New("registry request failed")
 )
 
 // registryError adds to err, a failure of stage against the registry, the
@@ -75,7 +81,7 @@ func registryError(stage, registry string, err error) error {
 		return fmt.Errorf("%s: %w: registry %s accepted none of the offered TLS 1.2 ECDHE AES-GCM cipher suites: %w",
 			stage, ErrRegistryTLS, registry, err)
 	}
-	return fmt.Errorf("%s (registry %s): %w", stage, registry, err)
+	return fmt.Errorf("%s: %w: registry %s: %w", stage, ErrRegistry, registry, err)
 }
 
 // reasons maps each error class to the short, machine-readable reason a
@@ -96,8 +102,12 @@ var reasons = []struct {
 	{ErrShortSource, "SourceTruncated"},
 	{ErrSourceUnavailable, "SourceUnavailable"},
 	{ErrUnsupportedFormat, "UnsupportedFormat"},
+	{ErrTooLarge, "TooLarge"},
+	{ErrChecksumMismatch, "ChecksumMismatch"},
+	{ErrScratchSpace, "ScratchSpace"},
 	{ErrRegistryUnauthorized, "Unauthorized"},
 	{ErrRegistryTLS, "RegistryTLS"},
+	{ErrRegistry, "RegistryError"},
 }
 
 // Reason returns a short machine-readable reason for an error returned by
@@ -129,6 +139,6 @@ func retryable(err error) bool {
 	if t, ok := err.(interface{ Temporary() bool }); ok && t.Temporary() {
 		return true
 	}
-	return errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) ||
+	return errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) ||
 		errors.Is(err, syscall.EPIPE) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, net.ErrClosed)
 }

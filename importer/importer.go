@@ -67,7 +67,7 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 		return nil, err
 	}
 	start := time.Now()
-	log := s.Logger.With("destination", s.ref.String())
+	log := s.Logger.With("destination", s.ref.Name())
 	var prog tracker
 	prog.enter(PhaseDownloading, 0)
 	progCtx, stopProgress := context.WithCancel(ctx)

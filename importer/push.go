@@ -74,7 +74,7 @@ func result(s *settings, img v1.Image, l *layer.Layer, d diskDescription) (*Resu
 		return nil, err
 	}
 	return &Result{
-		Destination:    s.ref.String(),
+		Destination:    s.ref.Name(),
 		Reference:      s.ref.Context().Digest(manifest.String()).String(),
 		ManifestDigest: manifest.String(),
 		LayerDigest:    ld.String(),

@@ -124,21 +124,24 @@ func runImport(ctx context.Context, args []string, stdout, stderr io.Writer) int
 		return 2
 	}
 
+	fail := func(err error) int {
+		reason := importer.Reason(err)
+		logger.Error("import failed", "reason", reason, "error", err)
+		fmt.Fprintf(stderr, "diskimporter import: %s: %v\n", reason, err)
+		writeResultFile(c.resultFile, failure{Reason: reason, Message: err.Error()}, logger)
+		return 1
+	}
 	if c.pprofAddress != "" {
 		stopPprof, err := servePprof(c.pprofAddress, logger)
 		if err != nil {
-			fmt.Fprintf(stderr, "diskimporter import: %v\n", err)
-			return 1
+			return fail(fmt.Errorf("%w: %w", importer.ErrInvalidOptions, err))
 		}
 		defer stopPprof()
 	}
 
 	res, err := importer.Run(ctx, o)
 	if err != nil {
-		logger.Error("import failed", "reason", importer.Reason(err), "error", err)
-		fmt.Fprintf(stderr, "diskimporter import: %s: %v\n", importer.Reason(err), err)
-		writeResultFile(c.resultFile, failure{Reason: importer.Reason(err), Message: err.Error()}, logger)
-		return 1
+		return fail(err)
 	}
 	line, _ := json.Marshal(res)
 	fmt.Fprintf(stdout, "%s\n", line)
