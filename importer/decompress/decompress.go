@@ -1,0 +1,320 @@
+// Package decompress decodes the compression containers that disk images
+// are published in (gzip, zstd, xz, bzip2) as a stream, and finds the
+// decompressed size of a compressed image cheaply when its format records
+// it, so that a tar header can be written before the image's bytes.
+//
+// NewReader returns a streaming decoder. XZSize reads the size from the
+// index at the end of an .xz file with a few small reads at its end (the
+// caller maps them to HTTP Range requests); ZstdSize reads it from the
+// header of a .zst file's first frame. gzip records the size only modulo
+// 2^32 and bzip2 not at all: for those the caller has to spool the image
+// to learn its size.
+//
+// Every error caused by the compressed bytes themselves (corrupt or
+// truncated input) matches ErrCorrupt under errors.Is; errors reading the
+// input are returned as they are, so that a network failure is not
+// mistaken for a bad file.
+package decompress
+
+import (
+	"bufio"
+	"compress/bzip2"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"io"
+
+	"github.com/klauspost/compress/gzip"
+	"github.com/klauspost/compress/zstd"
+	"github.com/ulikunitz/xz"
+
+	"github.com/diskimporter/diskimporter/importer/detect"
+)
+
+// ErrCorrupt matches (under errors.Is) every error that NewReader's
+// decoders return because the compressed input is corrupt or truncated.
+// A truncated input also matches io.ErrUnexpectedEOF.
+var ErrCorrupt = errors.New("corrupt compressed input")
+
+// ErrUnsupported matches the errors of input that may well be valid but
+// that NewReader will not decode: it needs more memory than the limits
+// below, a zstd dictionary, or an xz filter other than LZMA2.
+var ErrUnsupported = errors.New("unsupported compressed input")
+
+// Limits on the memory a decoder may allocate on the word of its input.
+const (
+	// MaxZstdWindow is the largest zstd window (history) accepted,
+	// 128 MiB: the default limit of the zstd command line tool
+	// (--memory=128MB), beyond which it refuses to decompress too. Only
+	// frames made with --long=28 or more, or with --ultra -20 and up on
+	// large inputs, need more.
+	MaxZstdWindow = 128 << 20
+
+	// MaxXZDict is the largest LZMA2 dictionary accepted in the first
+	// block of an .xz file, 512 MiB: eight times that of xz -9.
+	MaxXZDict = 512 << 20
+)
+
+// bufSize is the size of the buffer between the input and the gzip, xz
+// and bzip2 decoders, which read it a byte at a time.
+const bufSize = 64 << 10
+
+// zstdConcurrency is the number of blocks the zstd decoder decodes ahead
+// in other goroutines. 0 would mean GOMAXPROCS, at most 4.
+// BenchmarkDecodeOptions measured the choice.
+const zstdConcurrency = 1
+
+// NewReader returns a reader of the decompressed content of r, which is
+// compressed with c. For detect.None it returns r itself, with a Close
+// that does nothing.
+//
+// gzip and xz inputs may hold several concatenated members or streams
+// (and xz stream padding), as gzip -d and xz -d accept; zstd inputs
+// several frames; bzip2 inputs several streams. Anything after the last
+// of them is an error.
+//
+// Read errors caused by the compressed data, including a truncated input,
+// match ErrCorrupt. An error from r itself is returned as it is, wrapped
+// with the name of the format. Whether the decompressed content is itself
+// compressed is the caller's business.
+//
+// NewReader may read the start of r. Close releases the decoder (for zstd
+// its goroutines and buffers); it does not close r.
+func NewReader(c detect.Compression, r io.Reader) (io.ReadCloser, error) {
+	if c == detect.None {
+		return io.NopCloser(r), nil
+	}
+	d := &reader{name: string(c), src: &source{r: r}}
+	var err error
+	switch c {
+	case detect.Gzip:
+		var zr *gzip.Reader
+		zr, err = gzip.NewReader(bufio.NewReaderSize(d.src, bufSize))
+		if err == nil {
+			zr.Multistream(true)
+			d.dec = zr
+		}
+	case detect.Zstd:
+		var zr *zstd.Decoder
+		zr, err = zstd.NewReader(d.src,
+			zstd.WithDecoderConcurrency(zstdConcurrency),
+			zstd.WithDecoderMaxWindow(MaxZstdWindow),
+			zstd.WithDecoderMaxMemory(MaxZstdWindow),
+		)
+		if err == nil {
+			d.dec = zr
+			d.close = zr.Close
+		}
+	case detect.XZ:
+		d.src.trackTail = true
+		br := bufio.NewReaderSize(d.src, bufSize)
+		if err = checkXZDict(br); err == nil {
+			d.dec, err = xz.ReaderConfig{SingleStream: false}.NewReader(br)
+		}
+		d.atEOF = d.src.xzEnded
+	case detect.Bzip2:
+		d.dec = bzip2.NewReader(bufio.NewReaderSize(d.src, bufSize))
+	default:
+		return nil, fmt.Errorf("decompress: unsupported compression %q", c)
+	}
+	if err != nil {
+		if err == io.EOF {
+			err = io.ErrUnexpectedEOF
+		}
+		return nil, d.classify(err)
+	}
+	return d, nil
+}
+
+// reader wraps a decoder to classify its errors.
+type reader struct {
+	name  string
+	dec   io.Reader
+	src   *source
+	close func()
+	atEOF func() error // checks the input is complete when dec reports io.EOF
+	err   error        // sticky
+}
+
+var errClosed = errors.New("decompress: read after Close")
+
+func (r *reader) Read(p []byte) (int, error) {
+	if r.err != nil {
+		return 0, r.err
+	}
+	n, err := r.dec.Read(p)
+	if err == io.EOF {
+		if r.src.n == 0 {
+			err = io.ErrUnexpectedEOF // no input at all
+		} else if r.atEOF != nil {
+			if e := r.atEOF(); e != nil {
+				err = e
+			}
+		}
+	}
+	if err != nil {
+		if err != io.EOF {
+			err = r.classify(err)
+		}
+		r.err = err
+	}
+	return n, err
+}
+
+// classify returns err, the decoder's, as the error of the input when the
+// input failed, as ErrUnsupported when the decoder refused the input, and
+// as ErrCorrupt otherwise.
+func (r *reader) classify(err error) error {
+	switch {
+	case r.src.err != nil:
+		return fmt.Errorf("%s: reading compressed input: %w", r.name, r.src.err)
+	case errors.Is(err, ErrUnsupported):
+		return fmt.Errorf("%s: %w", r.name, err)
+	case errors.Is(err, zstd.ErrWindowSizeExceeded),
+		errors.Is(err, zstd.ErrDecoderSizeExceeded),
+		errors.Is(err, zstd.ErrUnknownDictionary):
+		return fmt.Errorf("%w: %s: %w", ErrUnsupported, r.name, err)
+	}
+	return fmt.Errorf("%w: %s: %w", ErrCorrupt, r.name, err)
+}
+
+// Close releases the decoder. It does not close the underlying reader.
+func (r *reader) Close() error {
+	if r.close != nil {
+		r.close()
+		r.close = nil
+	}
+	if r.err == nil || r.err == io.EOF {
+		r.err = errClosed
+	}
+	return nil
+}
+
+// source reads the compressed input, remembering its first error other
+// than io.EOF and, if trackTail is set, its last non-zero bytes.
+type source struct {
+	r   io.Reader
+	n   int64 // bytes read
+	err error
+
+	trackTail bool
+	tail      [xzFooterLen]byte // the last bytes up to the last non-zero byte
+	tailLen   int               // how many bytes of tail are valid
+	zeros     int64             // zero bytes after those
+}
+
+func (s *source) Read(p []byte) (int, error) {
+	n, err := s.r.Read(p)
+	s.n += int64(n)
+	if err != nil && err != io.EOF && s.err == nil {
+		s.err = err
+	}
+	if s.trackTail && n > 0 {
+		s.track(p[:n])
+	}
+	return n, err
+}
+
+func (s *source) track(b []byte) {
+	last := len(b) - 1
+	for last >= 0 && b[last] == 0 {
+		last--
+	}
+	if last < 0 {
+		s.zeros += int64(len(b))
+		return
+	}
+	// The bytes before the last non-zero one are the pending zeros and
+	// b[:last+1]; only the last len(s.tail) of them matter.
+	nz := b[:last+1]
+	var buf [2 * xzFooterLen]byte
+	keep := buf[:0]
+	if len(nz) < xzFooterLen {
+		keep = append(keep, s.tail[:s.tailLen]...)
+		for z := s.zeros; z > 0 && len(keep) < 2*xzFooterLen-len(nz); z-- {
+			keep = append(keep, 0)
+		}
+	}
+	keep = append(keep, nz[max(0, len(nz)-xzFooterLen):]...)
+	s.tailLen = copy(s.tail[:], keep[max(0, len(keep)-xzFooterLen):])
+	s.zeros = int64(len(b) - 1 - last)
+}
+
+// xzEnded reports whether the input so far ends as a complete .xz file
+// does: with a valid stream footer and stream padding. The xz decoder
+// reports io.EOF when the input ends at a block boundary, where it should
+// report a truncated stream (https://github.com/ulikunitz/xz/pull/83); so
+// its io.EOF counts only if the input passes this check.
+func (s *source) xzEnded() error {
+	if s.err != nil {
+		return s.err
+	}
+	if s.tailLen < xzFooterLen || s.zeros%4 != 0 || parseXZFooter(s.tail[:]) != nil {
+		return fmt.Errorf("stream ends without a footer: %w", io.ErrUnexpectedEOF)
+	}
+	return nil
+}
+
+// checkXZDict refuses an .xz file whose first block needs a dictionary
+// larger than MaxXZDict, or a filter other than LZMA2 (the xz package
+// supports no other): the xz package allocates the dictionary a block asks
+// for in one piece, up to 4 GiB, and its ReaderConfig.DictCap is a floor,
+// not a limit. Later blocks are not checked: an encoder uses one
+// dictionary size for all blocks. Input the check cannot parse is left to
+// the decoder to reject.
+func checkXZDict(br *bufio.Reader) error {
+	const lzma2 = 0x21
+	head, _ := br.Peek(xzHeaderLen + 1)
+	if len(head) < xzHeaderLen+1 || head[xzHeaderLen] == 0 {
+		return nil
+	}
+	hlen := (int(head[xzHeaderLen]) + 1) * 4
+	head, _ = br.Peek(xzHeaderLen + hlen)
+	if len(head) < xzHeaderLen+hlen {
+		return nil
+	}
+	h := head[xzHeaderLen : xzHeaderLen+hlen]
+	if crc32.ChecksumIEEE(h[:hlen-4]) != binary.LittleEndian.Uint32(h[hlen-4:]) {
+		return nil
+	}
+	flags := h[1]
+	p := h[2 : hlen-4]
+	for _, present := range []bool{flags&0x40 != 0, flags&0x80 != 0} {
+		if present {
+			if _, n := decodeVLI(p); n > 0 {
+				p = p[n:]
+			} else {
+				return nil
+			}
+		}
+	}
+	for range int(flags&3) + 1 {
+		id, n := decodeVLI(p)
+		if n == 0 {
+			return nil
+		}
+		p = p[n:]
+		size, n := decodeVLI(p)
+		if n == 0 || size > uint64(len(p)-n) {
+			return nil
+		}
+		props := p[n : n+int(size)]
+		p = p[n+int(size):]
+		if id != lzma2 {
+			return fmt.Errorf("%w: filter %#x (only LZMA2 is supported)", ErrUnsupported, id)
+		}
+		if len(props) == 1 && props[0] <= 40 {
+			b := props[0]
+			dict := uint64(2|b&1) << (b/2 + 11)
+			if b == 40 {
+				dict = 1<<32 - 1
+			}
+			if dict > MaxXZDict {
+				return fmt.Errorf("%w: dictionary of %d MiB, more than the %d MiB allowed",
+					ErrUnsupported, dict>>20, MaxXZDict>>20)
+			}
+		}
+	}
+	return nil
+}
