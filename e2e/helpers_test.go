@@ -36,6 +36,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 
 	"github.com/diskimporter/diskimporter/e2e/registry"
+	"github.com/diskimporter/diskimporter/importer"
 	"github.com/diskimporter/diskimporter/importer/testdisk"
 )
 
@@ -61,11 +62,6 @@ const (
 	dockerConfig   = "application/vnd.docker.container.image.v1+json"
 	dockerLayer    = "application/vnd.docker.image.rootfs.diff.tar"
 
-	annSource     = "io.diskimporter.source"
-	annSourceSHA  = "io.diskimporter.source.sha256"
-	annFormat     = "io.diskimporter.disk.format"
-	annSize       = "io.diskimporter.disk.size"
-	annDiskPath   = "io.diskimporter.disk.path"
 	diskOwnerID   = 107
 	diskFileMode  = 0o440
 	diskDirInTar  = "disk/"
@@ -435,22 +431,9 @@ func sha256Of(d io.ReaderAt, size int64) string {
 // Running the binary.
 
 // result mirrors importer.Result (TestResultMirror keeps them in step).
-type result struct {
-	Destination    string  `json:"destination"`
-	Reference      string  `json:"reference"`
-	ManifestDigest string  `json:"manifest_digest"`
-	LayerDigest    string  `json:"layer_digest"`
-	LayerSize      int64   `json:"layer_size"`
-	DiskPath       string  `json:"disk_path"`
-	Format         string  `json:"format"`
-	Size           int64   `json:"size"`
-	Source         string  `json:"source"`
-	SourceSHA256   string  `json:"source_sha256"`
-	Seconds        float64 `json:"seconds"`
-	MBPerSecond    float64 `json:"mb_per_second"`
-	TLSVersion     string  `json:"tls_version,omitempty"`
-	TLSCipherSuite string  `json:"tls_cipher_suite,omitempty"`
-}
+// result is what a successful import prints; stdout is decoded strictly into
+// it, so a field the binary adds or drops fails the tests.
+type result = importer.Result
 
 // failureResult is what --result-file holds after a failed import.
 type failureResult struct {
@@ -806,15 +789,15 @@ func verify(t *testing.T, res *result, w want) {
 	}
 
 	wantAnn := map[string]string{
-		annSource:    w.source,
-		annSourceSHA: w.sha256,
-		annFormat:    w.format,
-		annSize:      strconv.FormatInt(w.size, 10),
-		annDiskPath:  diskPath,
+		importer.AnnotationSource:       w.source,
+		importer.AnnotationSourceSHA256: w.sha256,
+		importer.AnnotationFormat:       w.format,
+		importer.AnnotationSize:         strconv.FormatInt(w.size, 10),
+		importer.AnnotationDiskPath:     diskPath,
 	}
 	if w.redacted {
 		// The source had user:pass@ and a query: neither may show.
-		for _, s := range []string{res.Source, m.Annotations[annSource], cf0(img).Config.Labels[annSource]} {
+		for _, s := range []string{res.Source, m.Annotations[importer.AnnotationSource], cf0(img).Config.Labels[importer.AnnotationSource]} {
 			if !strings.HasSuffix(s, "?REDACTED") || strings.Contains(s, "pass") || strings.Contains(s, "@") {
 				t.Errorf("recorded source %q: want the query replaced by REDACTED and no credentials", s)
 			}

@@ -36,8 +36,6 @@ var (
 	// ErrSourceUnavailable: the source could not be reached or answered
 	// with an unexpected status.
 	ErrSourceUnavailable = errors.New("source unavailable")
-	// ErrUnknownSize: the source did not say how many bytes it holds.
-	ErrUnknownSize = errors.New("source size unknown")
 	// ErrSourceChanged: the source answered with another length or
 	// validator when it was read again.
 	ErrSourceChanged = errors.New("source changed while it was imported")
@@ -47,6 +45,12 @@ var (
 	// ErrUnsupportedFormat: the source holds a format this version does not
 	// import.
 	ErrUnsupportedFormat = errors.New("unsupported format")
+	// ErrCorruptSource: the compressed stream or the disk image header is
+	// corrupt or truncated.
+	ErrCorruptSource = errors.New("corrupt source")
+	// ErrBackingFile: a qcow2 image names a backing file or an external data
+	// file, which would make its consumer read files of the host.
+	ErrBackingFile = errors.New("disk image refers to another file")
 	// ErrTooLarge: the disk is larger than --max-size or its virtual size
 	// larger than --max-virtual-size.
 	ErrTooLarge = errors.New("disk too large")
@@ -97,12 +101,14 @@ var reasons = []struct {
 	{ErrInvalidDestination, "InvalidDestination"},
 	{ErrSourceNotFound, "SourceNotFound"},
 	{ErrSourceUnauthorized, "SourceUnauthorized"},
-	{ErrUnknownSize, "SourceSizeUnknown"},
 	{ErrSourceChanged, "SourceChanged"},
 	{ErrShortSource, "SourceTruncated"},
 	{ErrSourceUnavailable, "SourceUnavailable"},
 	{ErrUnsupportedFormat, "UnsupportedFormat"},
 	{ErrTooLarge, "TooLarge"},
+	{ErrCorruptSource, "CorruptSource"},
+	{ErrBackingFile, "BackingFileRejected"},
+	{ErrFormatMismatch, "FormatMismatch"},
 	{ErrChecksumMismatch, "ChecksumMismatch"},
 	{ErrScratchSpace, "ScratchSpace"},
 	{ErrRegistryUnauthorized, "Unauthorized"},
@@ -131,7 +137,7 @@ func Reason(err error) string {
 // except for failures of the source, which a retry would only download
 // again from byte zero, and for a cancelled import.
 func retryable(err error) bool {
-	for _, final := range []error{ErrShortSource, ErrSourceUnavailable, ErrSourceChanged, context.Canceled, context.DeadlineExceeded} {
+	for _, final := range []error{ErrShortSource, ErrSourceUnavailable, ErrSourceChanged, ErrCorruptSource, ErrTooLarge, context.Canceled, context.DeadlineExceeded} {
 		if errors.Is(err, final) {
 			return false
 		}

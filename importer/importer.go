@@ -8,7 +8,6 @@
 package importer
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -18,7 +17,6 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 
-	"github.com/diskimporter/diskimporter/importer/detect"
 	"github.com/diskimporter/diskimporter/layer"
 )
 
@@ -39,9 +37,22 @@ type Result struct {
 	Size int64 `json:"size"`
 	// Source is the source with credentials and query string removed.
 	Source string `json:"source"`
-	// SourceSHA256 is the sha256 of the source bytes as read.
-	SourceSHA256 string  `json:"source_sha256"`
-	Seconds      float64 `json:"seconds"`
+	// SourceSHA256 is the sha256 of the source bytes as downloaded.
+	SourceSHA256 string `json:"source_sha256"`
+	// Compression is the compression stripped from the source: none,
+	// gzip, xz, zstd or bzip2.
+	Compression string `json:"compression"`
+	// SizeFrom tells how the disk's size was learned before its bytes:
+	// content-length, xz-index, zstd-header, qcow2-header (--convert raw)
+	// or spool.
+	SizeFrom string `json:"size_from"`
+	// DiskSHA256 is the sha256 of the disk as stored in the image (equal
+	// to SourceSHA256 when the source is neither compressed nor
+	// converted).
+	DiskSHA256 string `json:"disk_sha256"`
+	// QCOW2 describes a qcow2 source; absent for other formats.
+	QCOW2   *QCOW2Info `json:"qcow2,omitempty"`
+	Seconds float64    `json:"seconds"`
 	// MBPerSecond is Size / Seconds in units of 10^6 bytes.
 	MBPerSecond float64 `json:"mb_per_second"`
 	// TLSVersion and TLSCipherSuite are those negotiated with the registry
@@ -50,13 +61,27 @@ type Result struct {
 	TLSCipherSuite string `json:"tls_cipher_suite,omitempty"`
 }
 
-// Annotation keys written on the image manifest.
+// QCOW2Info is what the qcow2 header says.
+type QCOW2Info struct {
+	Version         uint32 `json:"version"`
+	VirtualSize     uint64 `json:"virtual_size"`
+	ClusterSize     int64  `json:"cluster_size"`
+	CompressionType string `json:"compression_type"`
+}
+
+// Annotation keys written on the image manifest (and as config labels).
 const (
-	AnnotationSource       = "io.diskimporter.source"
-	AnnotationSourceSHA256 = "io.diskimporter.source.sha256"
-	AnnotationFormat       = "io.diskimporter.disk.format"
-	AnnotationSize         = "io.diskimporter.disk.size"
-	AnnotationDiskPath     = "io.diskimporter.disk.path"
+	AnnotationSource            = "io.diskimporter.source"
+	AnnotationSourceSHA256      = "io.diskimporter.source.sha256"
+	AnnotationSourceCompression = "io.diskimporter.source.compression"
+	AnnotationFormat            = "io.diskimporter.disk.format"
+	AnnotationSize              = "io.diskimporter.disk.size"
+	AnnotationDiskPath          = "io.diskimporter.disk.path"
+	AnnotationDiskSHA256        = "io.diskimporter.disk.sha256"
+	AnnotationVirtualSize       = "io.diskimporter.disk.virtual-size"
+	AnnotationQCOW2Version      = "io.diskimporter.qcow2.version"
+	AnnotationQCOW2ClusterSize  = "io.diskimporter.qcow2.cluster-size"
+	AnnotationQCOW2Compression  = "io.diskimporter.qcow2.compression-type"
 )
 
 // Run imports o.Source into o.Destination and returns what it wrote. On
@@ -120,54 +145,49 @@ func run(ctx context.Context, s *settings, log *slog.Logger, prog *tracker) (*Re
 		return nil, err
 	}
 	log = log.With("source", src.display)
-	var digest sourceDigest
-	prog.enter(PhasePushing, src.size)
-	metered := newMeteredReader(rc, src, &prog.bytes)
-	head := bufio.NewReaderSize(metered, 64<<10)
-	peek, err := head.Peek(detect.HeadSize)
-	if err != nil && err != io.EOF && err != bufio.ErrBufferFull {
-		metered.Close()
-		return nil, fmt.Errorf("%w: reading the first bytes of %s: %w", ErrSourceUnavailable, src.display, err)
-	}
-	format, err := checkFormat(peek)
+	sums := newSourceSums(src, s.Checksums)
+	d, err := openDisk(ctx, s, src, rc, prog, sums)
 	if err != nil {
-		metered.Close()
-		return nil, fmt.Errorf("%s: %w", src.display, err)
+		return nil, err
 	}
+	defer d.close()
 	diskName := s.DiskName
 	if diskName == "" {
-		diskName = defaultDiskName(format)
+		diskName = defaultDiskName(d.format)
 	}
-	log.Info("importing", "format", format, "size", src.size)
+	log.Info("importing", "format", d.format, "compression", d.compression, "size", d.size, "size_from", d.sizeFrom)
 
-	l, err := layer.New(readCloser{head, metered}, src.size,
+	prog.enter(PhasePushing, d.size)
+	l, err := layer.New(io.NopCloser(countingReader{d.r, &prog.bytes}), d.size,
 		layer.WithDiskName(diskName),
 		layer.WithMediaType(layerMediaType(s.DockerMediaTypes)),
-		layer.WithContentDigest(digest.record),
+		layer.WithContentDigest(sums.recordDisk),
 		layer.WithReopen(func() (io.ReadCloser, error) {
-			log.Warn("reading the source again for an upload retry")
-			rc, err := src.open(ctx)
+			log.Warn("reading the disk again for an upload retry")
+			rc, err := d.reopen(ctx)
 			if err != nil {
 				return nil, err
 			}
-			return newMeteredReader(rc, src, &prog.bytes), nil
+			prog.bytes.Store(0)
+			return readCloser{countingReader{rc, &prog.bytes}, rc}, nil
 		}),
 	)
 	if err != nil {
-		metered.Close()
 		return nil, fmt.Errorf("%w: %w", ErrInvalidOptions, err)
 	}
-
 	if err := pusher.Upload(ctx, s.ref.Repository, l); err != nil {
 		return nil, uploadError(ctx, registry, err)
 	}
 
-	sum, changed := digest.get()
-	if changed {
-		return nil, fmt.Errorf("%w: %s gave different bytes on a second read", ErrSourceChanged, src.display)
+	// Every check passes before the manifest, and so the tag, is written.
+	downloadSHA256, diskSHA256, err := sums.result()
+	if err != nil {
+		return nil, err
 	}
 	desc := diskDescription{
-		source: src.display, sha256: sum, format: format, size: src.size, path: l.DiskPath(),
+		source: src.display, sourceSHA256: downloadSHA256, diskSHA256: diskSHA256,
+		format: d.format, compression: d.compression, size: d.size, sizeFrom: d.sizeFrom,
+		path: l.DiskPath(), qcow2: d.qcow2,
 	}
 	img, err := newImage(s, l, desc)
 	if err != nil {
@@ -191,34 +211,14 @@ type readCloser struct {
 	io.Closer
 }
 
-// checkFormat returns the disk format of a source starting with head, or an
-// error for the formats this version does not import.
-func checkFormat(head []byte) (detect.Format, error) {
-	if c := detect.CompressionOf(head); c != detect.None {
-		return "", fmt.Errorf("%w: the source is %s-compressed; decompress it first", ErrUnsupportedFormat, c)
-	}
-	switch f := detect.FormatOf(head); f {
-	case detect.Raw, detect.ISO:
-		return f, nil
-	default:
-		return "", fmt.Errorf("%w: the source is a %s image; convert it to raw first", ErrUnsupportedFormat, f)
-	}
-}
-
-func defaultDiskName(f detect.Format) string {
-	if f == detect.Raw {
-		return layer.DefaultDiskName
-	}
-	return "disk." + string(f)
-}
-
 // uploadError explains a failed layer upload, preferring the source's
 // error when the source is what failed.
 func uploadError(ctx context.Context, registry string, err error) error {
 	switch {
 	case ctx.Err() != nil:
 		return fmt.Errorf("import cancelled: %w", context.Cause(ctx))
-	case errors.Is(err, ErrShortSource), errors.Is(err, ErrSourceUnavailable), errors.Is(err, ErrSourceChanged):
+	case errors.Is(err, ErrShortSource), errors.Is(err, ErrSourceUnavailable), errors.Is(err, ErrSourceChanged),
+		errors.Is(err, ErrCorruptSource), errors.Is(err, ErrTooLarge):
 		return fmt.Errorf("reading the source: %w", err)
 	}
 	return registryError("uploading the disk layer", registry, err)

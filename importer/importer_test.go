@@ -376,13 +376,18 @@ func checkImport(t *testing.T, reg *testRegistry, res *importer.Result, data []b
 		importer.AnnotationFormat:       want.format,
 		importer.AnnotationSize:         strconv.Itoa(len(data)),
 		importer.AnnotationDiskPath:     want.diskPath,
+		// Not compressed: the disk is the download.
+		importer.AnnotationSourceCompression: "none",
+		importer.AnnotationDiskSHA256:        wantSHA,
 	}
 	resultAnnotations := map[string]string{
-		importer.AnnotationSource:       res.Source,
-		importer.AnnotationSourceSHA256: res.SourceSHA256,
-		importer.AnnotationFormat:       res.Format,
-		importer.AnnotationSize:         strconv.FormatInt(res.Size, 10),
-		importer.AnnotationDiskPath:     res.DiskPath,
+		importer.AnnotationSource:            res.Source,
+		importer.AnnotationSourceSHA256:      res.SourceSHA256,
+		importer.AnnotationFormat:            res.Format,
+		importer.AnnotationSize:              strconv.FormatInt(res.Size, 10),
+		importer.AnnotationDiskPath:          res.DiskPath,
+		importer.AnnotationSourceCompression: res.Compression,
+		importer.AnnotationDiskSHA256:        res.DiskSHA256,
 	}
 	if !maps.Equal(resultAnnotations, wantAnnotations) {
 		t.Errorf("Result as annotations = %v, want %v", resultAnnotations, wantAnnotations)
@@ -653,18 +658,13 @@ func TestRunFailures(t *testing.T) {
 			sourceRequests: 1, // a truncated source is not downloaded again
 		},
 		{
-			name: "source without Content-Length", handler: chunked(disk),
-			wantErr: importer.ErrUnknownSize, wantReason: "SourceSizeUnknown",
-			wantMsg: []string{"Content-Length", "$SOURCE"}, sourceRequests: 1,
-		},
-		{
-			name: "gzip source", handler: serveBytes(gz, `"gz"`),
-			wantErr: importer.ErrUnsupportedFormat, wantReason: "UnsupportedFormat",
+			name: "corrupt gzip source", handler: serveBytes(gz, `"gz"`),
+			wantErr: importer.ErrCorruptSource, wantReason: "CorruptSource",
 			wantMsg: []string{"gzip", "$SOURCE"}, sourceRequests: 1,
 		},
 		{
-			name: "qcow2 source", handler: serveBytes(qcow2, `"qcow2"`),
-			wantErr: importer.ErrUnsupportedFormat, wantReason: "UnsupportedFormat",
+			name: "qcow2 with an empty header", handler: serveBytes(qcow2, `"qcow2"`),
+			wantErr: importer.ErrCorruptSource, wantReason: "CorruptSource",
 			wantMsg: []string{"qcow2", "$SOURCE"}, sourceRequests: 1,
 		},
 		{

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/url"
+	"os"
 	"strings"
 	"time"
 
@@ -59,6 +60,35 @@ type Options struct {
 	// DiskName is the file name of the disk inside disk/. Empty: "disk"
 	// with an extension for the detected format (disk.img, disk.iso).
 	DiskName string
+
+	// Format, when set, is the disk format the source must have (raw,
+	// qcow2, iso); another is an error wrapping ErrFormatMismatch. Empty:
+	// any format diskimporter imports.
+	Format string
+
+	// ConvertRaw turns a qcow2 image into the raw disk it describes. It
+	// reads the image at random, through HTTP Range requests when the
+	// source answers them, otherwise from a spool. False: a qcow2 is
+	// stored as a qcow2.
+	ConvertRaw bool
+
+	// Checksums are expected digests of the source as downloaded, all
+	// verified before the tag is written. Empty: none.
+	Checksums []Checksum
+
+	// MaxSize is the largest disk accepted, in bytes, after decompression;
+	// enforced while streaming. Zero: 2 TiB.
+	MaxSize int64
+
+	// MaxVirtualSize is the largest virtual size a qcow2 image may
+	// declare. Zero: MaxSize.
+	MaxVirtualSize uint64
+
+	// ScratchDir is where a disk whose size cannot be told up front (a
+	// gzip or bzip2 source, a zstd frame without its size, a source
+	// without a length) is spooled. The spool is removed when the import
+	// ends. Empty: os.TempDir().
+	ScratchDir string
 
 	// Platform is the image platform, os/arch[/variant]. Empty:
 	// linux/amd64.
@@ -121,6 +151,23 @@ func (o Options) settings() (*settings, error) {
 
 	if s.DiskName != "" && (strings.ContainsAny(s.DiskName, "/\\\x00") || s.DiskName == "." || s.DiskName == "..") {
 		return nil, fmt.Errorf("%w: disk name %q must be a plain file name", ErrInvalidOptions, s.DiskName)
+	}
+	switch s.Format {
+	case "", "raw", "qcow2", "iso":
+	default:
+		return nil, fmt.Errorf("%w: format %q: want raw, qcow2 or iso", ErrInvalidOptions, s.Format)
+	}
+	if s.MaxSize < 0 {
+		return nil, fmt.Errorf("%w: max size %d is negative", ErrInvalidOptions, s.MaxSize)
+	}
+	if s.MaxSize == 0 {
+		s.MaxSize = 2 << 40
+	}
+	if s.MaxVirtualSize == 0 {
+		s.MaxVirtualSize = uint64(s.MaxSize)
+	}
+	if s.ScratchDir == "" {
+		s.ScratchDir = os.TempDir()
 	}
 	if s.ProgressInterval <= 0 {
 		s.ProgressInterval = 5 * time.Second

@@ -2,15 +2,11 @@ package importer
 
 import (
 	"context"
-	"errors"
-	"fmt"
 	"io"
 	"log/slog"
 	"sync"
 	"sync/atomic"
 	"time"
-
-	v1 "github.com/google/go-containerregistry/pkg/v1"
 )
 
 // Phase is a stage of an import, as reported to Options.OnProgress.
@@ -122,55 +118,14 @@ func logProgress(logger *slog.Logger, p Progress) {
 
 func round(f float64) float64 { return float64(int64(f*10+0.5)) / 10 }
 
-// meteredReader counts the source bytes as the layer reads them and
-// classifies read errors: an early end is ErrShortSource, anything else
-// ErrSourceUnavailable.
-type meteredReader struct {
-	r       io.ReadCloser
-	display string
-	size    int64
-	count   *atomic.Int64
+// countingReader adds the bytes read to a counter.
+type countingReader struct {
+	r     io.Reader
+	count *atomic.Int64
 }
 
-func newMeteredReader(r io.ReadCloser, src *source, count *atomic.Int64) *meteredReader {
-	count.Store(0)
-	return &meteredReader{r: r, display: src.display, size: src.size, count: count}
-}
-
-func (m *meteredReader) Read(p []byte) (int, error) {
-	n, err := m.r.Read(p)
-	read := m.count.Add(int64(n))
-	switch {
-	case err == nil, err == io.EOF:
-	case errors.Is(err, io.ErrUnexpectedEOF):
-		err = fmt.Errorf("%w: %s ended after %d of %d bytes: %w", ErrShortSource, m.display, read, m.size, err)
-	default:
-		err = fmt.Errorf("%w: reading %s at byte %d: %w", ErrSourceUnavailable, m.display, read, err)
-	}
+func (c countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.count.Add(int64(n))
 	return n, err
-}
-
-func (m *meteredReader) Close() error { return m.r.Close() }
-
-// sourceDigest keeps the sha256 of the source as read by the attempts that
-// reached its end, and notices when two of them differ.
-type sourceDigest struct {
-	mu      sync.Mutex
-	sum     string
-	changed bool
-}
-
-func (d *sourceDigest) record(h v1.Hash) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if d.sum != "" && d.sum != h.Hex {
-		d.changed = true
-	}
-	d.sum = h.Hex
-}
-
-func (d *sourceDigest) get() (sum string, changed bool) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	return d.sum, d.changed
 }

@@ -10,26 +10,40 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
 	"github.com/diskimporter/diskimporter/importer/detect"
+	"github.com/diskimporter/diskimporter/importer/qcow2"
 	"github.com/diskimporter/diskimporter/layer"
 )
 
 // diskDescription is what the import learned about the disk.
 type diskDescription struct {
-	source string
-	sha256 string
-	format detect.Format
-	size   int64
-	path   string
+	source       string
+	sourceSHA256 string // of the bytes as downloaded
+	diskSHA256   string // of the disk as stored
+	format       detect.Format
+	compression  detect.Compression
+	size         int64
+	sizeFrom     string
+	path         string
+	qcow2        *qcow2.Info // nil unless the source is a qcow2
 }
 
 func (d diskDescription) annotations() map[string]string {
-	return map[string]string{
-		AnnotationSource:       d.source,
-		AnnotationSourceSHA256: "sha256:" + d.sha256,
-		AnnotationFormat:       string(d.format),
-		AnnotationSize:         strconv.FormatInt(d.size, 10),
-		AnnotationDiskPath:     d.path,
+	a := map[string]string{
+		AnnotationSource:            d.source,
+		AnnotationSourceSHA256:      "sha256:" + d.sourceSHA256,
+		AnnotationSourceCompression: string(d.compression),
+		AnnotationDiskSHA256:        "sha256:" + d.diskSHA256,
+		AnnotationFormat:            string(d.format),
+		AnnotationSize:              strconv.FormatInt(d.size, 10),
+		AnnotationDiskPath:          d.path,
 	}
+	if q := d.qcow2; q != nil {
+		a[AnnotationVirtualSize] = strconv.FormatUint(q.VirtualSize, 10)
+		a[AnnotationQCOW2Version] = strconv.FormatUint(uint64(q.Version), 10)
+		a[AnnotationQCOW2ClusterSize] = strconv.FormatInt(q.ClusterSize, 10)
+		a[AnnotationQCOW2Compression] = q.CompressionType
+	}
+	return a
 }
 
 func layerMediaType(docker bool) types.MediaType {
@@ -73,7 +87,7 @@ func result(s *settings, img v1.Image, l *layer.Layer, d diskDescription) (*Resu
 	if err != nil {
 		return nil, err
 	}
-	return &Result{
+	res := &Result{
 		Destination:    s.ref.Name(),
 		Reference:      s.ref.Context().Digest(manifest.String()).String(),
 		ManifestDigest: manifest.String(),
@@ -83,6 +97,13 @@ func result(s *settings, img v1.Image, l *layer.Layer, d diskDescription) (*Resu
 		Format:         string(d.format),
 		Size:           d.size,
 		Source:         d.source,
-		SourceSHA256:   "sha256:" + d.sha256,
-	}, nil
+		SourceSHA256:   "sha256:" + d.sourceSHA256,
+		Compression:    string(d.compression),
+		SizeFrom:       d.sizeFrom,
+		DiskSHA256:     "sha256:" + d.diskSHA256,
+	}
+	if q := d.qcow2; q != nil {
+		res.QCOW2 = &QCOW2Info{Version: q.Version, VirtualSize: q.VirtualSize, ClusterSize: q.ClusterSize, CompressionType: q.CompressionType}
+	}
+	return res, nil
 }

@@ -22,8 +22,11 @@ type source struct {
 	// display is the source with credentials removed, for logs, errors and
 	// annotations.
 	display string
-	size    int64
+	size    int64 // -1 when the source does not say
 	open    func(ctx context.Context) (io.ReadCloser, error)
+	// readerAt gives random access to the source bytes, or is nil when the
+	// source has none (an HTTP server that does not answer Range requests).
+	readerAt func(ctx context.Context) io.ReaderAt
 }
 
 // openSource opens o.Source and returns the source and a reader of its
@@ -57,13 +60,14 @@ func openFile(path string) (*source, io.ReadCloser, error) {
 		f.Close()
 		return nil, nil, fmt.Errorf("%w: source %s is a directory; give the disk image file", ErrInvalidOptions, path)
 	}
-	size, err := f.Seek(0, io.SeekEnd) // works for files and block devices
+	// Seeking tells the size of files and block devices; a pipe has none
+	// and is spooled.
+	size, err := f.Seek(0, io.SeekEnd)
 	if err == nil {
 		_, err = f.Seek(0, io.SeekStart)
 	}
 	if err != nil {
-		f.Close()
-		return nil, nil, fmt.Errorf("%w: %s: cannot tell its size: %w", ErrUnknownSize, path, err)
+		size = -1
 	}
 	src := &source{
 		display: path,
@@ -79,6 +83,9 @@ func openFile(path string) (*source, io.ReadCloser, error) {
 			}
 			return f, nil
 		},
+	}
+	if size >= 0 {
+		src.readerAt = func(context.Context) io.ReaderAt { return f }
 	}
 	return src, f, nil
 }
@@ -128,10 +135,6 @@ func openHTTP(ctx context.Context, o *settings, u *url.URL) (*source, io.ReadClo
 		return nil, nil, err
 	}
 	first := validatorOf(resp)
-	if first.length < 0 {
-		resp.Body.Close()
-		return nil, nil, fmt.Errorf("%w: GET %s gave no Content-Length (compressed transfer or chunked encoding); serve it with a length or download it first", ErrUnknownSize, display)
-	}
 	src := &source{
 		display: display,
 		size:    first.length,
@@ -146,6 +149,11 @@ func openHTTP(ctx context.Context, o *settings, u *url.URL) (*source, io.ReadClo
 			}
 			return resp.Body, nil
 		},
+	}
+	if resp.Header.Get("Accept-Ranges") == "bytes" && first.length > 0 {
+		src.readerAt = func(ctx context.Context) io.ReaderAt {
+			return &rangeReaderAt{ctx: ctx, client: client, url: u.String(), display: display, v: first}
+		}
 	}
 	return src, resp.Body, nil
 }
@@ -204,4 +212,54 @@ func sourceClient(o *settings) (*http.Client, error) {
 			return nil
 		},
 	}, nil
+}
+
+// rangeReaderAt reads a byte range of an HTTP source per ReadAt with one
+// bounded Range request, checking that the answer is exactly that range of
+// the same version of the resource.
+type rangeReaderAt struct {
+	ctx     context.Context
+	client  *http.Client
+	url     string
+	display string
+	v       httpValidator
+}
+
+func (r *rangeReaderAt) ReadAt(p []byte, off int64) (int, error) {
+	if off < 0 || off >= r.v.length {
+		return 0, io.EOF
+	}
+	end := min(off+int64(len(p)), r.v.length) // exclusive
+	req, err := http.NewRequestWithContext(r.ctx, http.MethodGet, r.url, nil)
+	if err != nil {
+		return 0, err
+	}
+	req.Header.Set("Range", fmt.Sprintf("bytes=%d-%d", off, end-1))
+	if r.v.etag != "" {
+		req.Header.Set("If-Range", r.v.etag)
+	} else if r.v.lastModified != "" {
+		req.Header.Set("If-Range", r.v.lastModified)
+	}
+	resp, err := r.client.Do(req)
+	if err != nil {
+		return 0, fmt.Errorf("%w: range GET %s: %w", ErrSourceUnavailable, r.display, err)
+	}
+	defer resp.Body.Close()
+	want := fmt.Sprintf("bytes %d-%d/%d", off, end-1, r.v.length)
+	switch {
+	case resp.StatusCode == http.StatusOK:
+		return 0, fmt.Errorf("%w: range GET %s answered 200 with the whole resource: it changed, or ignores Range", ErrSourceChanged, r.display)
+	case resp.StatusCode != http.StatusPartialContent:
+		return 0, fmt.Errorf("%w: range GET %s answered %s", ErrSourceUnavailable, r.display, resp.Status)
+	case resp.Header.Get("Content-Range") != want:
+		return 0, fmt.Errorf("%w: range GET %s answered Content-Range %q, want %q", ErrSourceChanged, r.display, resp.Header.Get("Content-Range"), want)
+	}
+	n, err := io.ReadFull(resp.Body, p[:end-off])
+	if err != nil {
+		return n, fmt.Errorf("%w: range GET %s: %w", ErrSourceUnavailable, r.display, err)
+	}
+	if end-off < int64(len(p)) {
+		return n, io.EOF
+	}
+	return n, nil
 }

@@ -13,6 +13,7 @@ import (
 
 	"github.com/spf13/pflag"
 
+	"github.com/diskimporter/diskimporter/cmd/diskimporter/podstatus"
 	"github.com/diskimporter/diskimporter/importer"
 )
 
@@ -36,10 +37,15 @@ Flags:
 
 // cliOptions are the flags that are not importer.Options fields.
 type cliOptions struct {
-	pprofAddress string
-	resultFile   string
-	logFormat    string
-	maxTLS       string
+	checksums      []string
+	sourceSHA256   string
+	sourceMD5      string
+	convert        string
+	pprofAddress   string
+	resultFile     string
+	terminationLog string
+	logFormat      string
+	maxTLS         string
 }
 
 func importFlags(o *importer.Options, c *cliOptions) *pflag.FlagSet {
@@ -57,13 +63,23 @@ func importFlags(o *importer.Options, c *cliOptions) *pflag.FlagSet {
 	fs.BoolVar(&o.HTTP1, "http1", false, "talk HTTP/1.1 to the registry instead of HTTP/2")
 	fs.StringVar(&o.SourceCAFile, "source-ca-file", "", "PEM CA bundle trusted for an https source, besides the system roots")
 	fs.BoolVar(&o.SourceInsecureSkipVerify, "source-insecure-skip-tls-verify", false, "do not verify the source's certificate")
-	fs.StringVar(&o.DiskName, "disk-name", "", "file name of the disk under disk/ (default disk.img, or disk.iso for an ISO)")
+	fs.StringVar(&o.Format, "format", "", "fail unless the disk (after decompression) is in this format: raw, qcow2 or iso")
+	fs.StringVar(&c.convert, "convert", "", "\"raw\" turns a qcow2 image into its raw disk (default: store the disk in its own format)")
+	fs.StringArrayVar(&c.checksums, "source-checksum", nil, "expected ALGORITHM:HEX of the source as downloaded (sha256, sha512, sha1, md5); repeatable")
+	fs.StringVar(&c.sourceSHA256, "source-sha256", "", "expected sha256 of the source as downloaded, in hex")
+	fs.StringVar(&c.sourceMD5, "source-md5", "", "expected md5 of the source as downloaded, in hex")
+	fs.Int64Var(&o.MaxSize, "max-size", 0, "largest disk accepted after decompression, in bytes (default 2 TiB)")
+	fs.Uint64Var(&o.MaxVirtualSize, "max-virtual-size", 0, "largest virtual size a qcow2 may declare, in bytes (default --max-size)")
+	fs.StringVar(&o.ScratchDir, "scratch-dir", "", "where a disk of unknown size is spooled, then removed (default $TMPDIR or /tmp)")
+	fs.StringVar(&o.DiskName, "disk-name", "", "file name of the disk under disk/ (default disk.img, disk.qcow2 or disk.iso)")
 	fs.StringVar(&o.Platform, "platform", "linux/amd64", "image platform os/arch[/variant]")
 	fs.BoolVar(&o.DockerMediaTypes, "docker-media-types", false, "write Docker v2 media types instead of OCI")
 	fs.DurationVar(&o.ProgressInterval, "progress-interval", 0, "how often to log progress (default 5s)")
 	fs.StringVar(&c.maxTLS, "tls-max-version", "1.2", "highest TLS version to the registry: 1.2 or 1.3 (the AES-GCM pin is checked on the negotiated suite either way)")
 	fs.StringVar(&c.pprofAddress, "pprof-address", "", "serve net/http/pprof on this address, such as 127.0.0.1:6060 (off when empty)")
 	fs.StringVar(&c.resultFile, "result-file", "", "also write the JSON result to this file")
+	fs.StringVar(&c.terminationLog, "termination-log", podstatus.DefaultTerminationMessagePath,
+		"in a Pod (POD_NAME set), also write the result, at most 4 KiB, to this termination message file")
 	fs.StringVar(&c.logFormat, "log-format", "auto", "log format: text, json, or auto (text on a terminal, JSON otherwise)")
 	return fs
 }
@@ -128,8 +144,18 @@ func runImport(ctx context.Context, args []string, stdout, stderr io.Writer) int
 		reason := importer.Reason(err)
 		logger.Error("import failed", "reason", reason, "error", err)
 		fmt.Fprintf(stderr, "diskimporter import: %s: %v\n", reason, err)
-		writeResultFile(c.resultFile, failure{Reason: reason, Message: err.Error()}, logger)
+		c.writeResult(failure{Reason: reason, Message: err.Error()}, logger)
 		return 1
+	}
+	// In a Pod, progress goes to the Pod's annotations; failing to set
+	// that up costs the annotations, never the import.
+	reporter, err := podstatus.FromEnv(ctx, podstatus.WithLogger(logger))
+	if err != nil {
+		logger.Warn("not reporting progress on the pod", "error", err)
+	}
+	o.OnProgress = reporter.Report
+	if err := c.apply(&o); err != nil {
+		return fail(err)
 	}
 	if c.pprofAddress != "" {
 		stopPprof, err := servePprof(c.pprofAddress, logger)
@@ -145,24 +171,56 @@ func runImport(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	}
 	line, _ := json.Marshal(res)
 	fmt.Fprintf(stdout, "%s\n", line)
-	writeResultFile(c.resultFile, res, logger)
+	c.writeResult(res, logger)
 	return 0
+}
+
+// writeResult writes the result, or the failure, to --result-file and, in a
+// Pod, to the termination message file.
+func (c *cliOptions) writeResult(v any, logger *slog.Logger) {
+	if c.resultFile != "" {
+		b, _ := json.Marshal(v)
+		if err := os.WriteFile(c.resultFile, append(b, '\n'), 0o644); err != nil {
+			logger.Error("writing the result file", "path", c.resultFile, "error", err)
+		}
+	}
+	if os.Getenv(podstatus.EnvPodName) != "" && c.terminationLog != "" {
+		if err := podstatus.WriteTerminationMessage(c.terminationLog, v); err != nil {
+			logger.Error("writing the termination message", "error", err)
+		}
+	}
+}
+
+// apply moves the flags that need parsing into o.
+func (c *cliOptions) apply(o *importer.Options) error {
+	sums := c.checksums
+	if c.sourceSHA256 != "" {
+		sums = append(sums, "sha256:"+c.sourceSHA256)
+	}
+	if c.sourceMD5 != "" {
+		sums = append(sums, "md5:"+c.sourceMD5)
+	}
+	for _, v := range sums {
+		sum, err := importer.ParseChecksum(v)
+		if err != nil {
+			return err
+		}
+		o.Checksums = append(o.Checksums, sum)
+	}
+	switch c.convert {
+	case "":
+	case "raw":
+		o.ConvertRaw = true
+	default:
+		return fmt.Errorf("%w: --convert %q: the only conversion is raw", importer.ErrInvalidOptions, c.convert)
+	}
+	return nil
 }
 
 // failure is the result written on error.
 type failure struct {
 	Reason  string `json:"reason"`
 	Message string `json:"message"`
-}
-
-func writeResultFile(path string, v any, logger *slog.Logger) {
-	if path == "" {
-		return
-	}
-	b, _ := json.Marshal(v)
-	if err := os.WriteFile(path, append(b, '\n'), 0o644); err != nil {
-		logger.Error("writing the result file", "path", path, "error", err)
-	}
 }
 
 // newLogger returns a slog logger writing to w in the given format.

@@ -1,0 +1,329 @@
+package importer
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+
+	"github.com/diskimporter/diskimporter/importer/decompress"
+	"github.com/diskimporter/diskimporter/importer/detect"
+	"github.com/diskimporter/diskimporter/importer/qcow2"
+)
+
+// ErrFormatMismatch: the disk is not in the format --format asserted.
+var ErrFormatMismatch = errors.New("disk format differs from the expected one")
+
+// How the disk's size was learned before its bytes, for the result.
+const (
+	SizeFromLength     = "content-length" // the source's length: not compressed
+	SizeFromXZIndex    = "xz-index"       // the xz index at the end of the file
+	SizeFromZstdHeader = "zstd-header"    // the zstd frame header
+	SizeFromSpool      = "spool"          // counted while spooling to --scratch-dir
+	SizeFromQCOW2      = "qcow2-header"   // the virtual size, for --convert raw
+)
+
+// disk is the disk image as the layer reads it: decompressed, sized, and
+// positioned at its first byte.
+type disk struct {
+	r           io.Reader
+	size        int64
+	sizeFrom    string
+	format      detect.Format
+	compression detect.Compression
+	qcow2       *qcow2.Info
+	// reopen reads the disk again from its first byte, for an upload
+	// retry.
+	reopen func(ctx context.Context) (io.ReadCloser, error)
+	// closers run when the import ends: they close the source and remove
+	// a spool.
+	closers []func()
+}
+
+func (d *disk) close() {
+	for i := len(d.closers) - 1; i >= 0; i-- {
+		d.closers[i]()
+	}
+}
+
+// headSize is how many leading bytes of the disk the checks look at.
+const headSize = max(detect.HeadSize, qcow2.HeadSize)
+
+// openDisk turns the source stream rc into the disk stream: it strips the
+// compression, detects and checks the format, and learns the size, spooling
+// the disk to the scratch directory only when no cheaper way tells it. The
+// source bytes pass through sums.
+func openDisk(ctx context.Context, s *settings, src *source, rc io.ReadCloser, prog *tracker, sums *sourceSums) (*disk, error) {
+	d := &disk{closers: []func(){func() { rc.Close() }}}
+	ok := false
+	defer func() {
+		if !ok {
+			d.close()
+		}
+	}()
+
+	buffered := bufio.NewReaderSize(rc, headSize)
+	head, err := peek(buffered, headSize)
+	if err != nil {
+		return nil, fmt.Errorf("%w: reading the first bytes of %s: %w", ErrSourceUnavailable, src.display, err)
+	}
+	sourceHead := head
+	d.compression = detect.CompressionOf(head)
+	if d.compression != detect.None {
+		sums.hashDownload()
+	}
+	// The bytes peeked are still in the buffer: the sums see them all.
+	downloaded := sums.reader(buffered)
+	diskStream := io.Reader(downloaded)
+	if d.compression != detect.None {
+		dec, err := newDecompressor(d.compression, downloaded)
+		if err != nil {
+			return nil, fmt.Errorf("%w: %s: %w", ErrCorruptSource, src.display, err)
+		}
+		d.closers = append(d.closers, func() { dec.Close() })
+		buffered := bufio.NewReaderSize(dec, headSize)
+		if head, err = peek(buffered, headSize); err != nil {
+			return nil, fmt.Errorf("%w: %s: decompressing its first bytes: %w", ErrCorruptSource, src.display, err)
+		}
+		if inner := detect.CompressionOf(head); inner != detect.None {
+			return nil, fmt.Errorf("%w: %s is %s inside %s; nested compression is refused, decompress it once first",
+				ErrUnsupportedFormat, src.display, inner, d.compression)
+		}
+		diskStream = buffered
+	}
+
+	if d.format, err = checkFormat(head, s.Format); err != nil {
+		return nil, fmt.Errorf("%s: %w", src.display, err)
+	}
+
+	d.size, d.sizeFrom, err = knownSize(ctx, src, d.compression, sourceHead)
+	if err != nil {
+		return nil, err
+	}
+	if d.size > s.MaxSize {
+		return nil, fmt.Errorf("%w: %s holds %d bytes, more than --max-size %d", ErrTooLarge, src.display, d.size, s.MaxSize)
+	}
+	if d.format == detect.QCOW2 {
+		fileSize := d.size
+		if d.sizeFrom == "" {
+			fileSize = -1
+		}
+		if d.qcow2, err = qcow2.Inspect(head, fileSize, s.MaxVirtualSize); err != nil {
+			return nil, fmt.Errorf("%s: %w", src.display, classifyQCOW2(err))
+		}
+	}
+
+	if d.sizeFrom == "" || s.ConvertRaw && d.format == detect.QCOW2 && src.readerAt == nil {
+		if err := d.spoolFrom(ctx, s, src, diskStream, prog, sums); err != nil {
+			return nil, err
+		}
+	} else {
+		d.r = diskStream
+		d.reopen = func(ctx context.Context) (io.ReadCloser, error) {
+			rc, err := src.open(ctx)
+			if err != nil {
+				return nil, err
+			}
+			if d.compression == detect.None {
+				return readCloser{sums.reader(rc), rc}, nil
+			}
+			dec, err := newDecompressor(d.compression, sums.reader(rc))
+			if err != nil {
+				rc.Close()
+				return nil, err
+			}
+			return readCloser{dec, closers{dec, rc}}, nil
+		}
+	}
+
+	if s.ConvertRaw && d.format == detect.QCOW2 {
+		if err := d.convertRaw(ctx, s, src); err != nil {
+			return nil, err
+		}
+	}
+	ok = true
+	return d, nil
+}
+
+// spoolFrom writes the disk stream to the scratch directory and makes the
+// spool the disk. The spool is removed when the disk is closed.
+func (d *disk) spoolFrom(ctx context.Context, s *settings, src *source, r io.Reader, prog *tracker, sums *sourceSums) error {
+	prog.enter(PhaseSpooling, max(src.size, 0))
+	sums.count = &prog.bytes
+	sp, err := writeSpool(ctx, s.ScratchDir, r, src.size, s.MaxSize)
+	sums.count = nil
+	if err != nil {
+		if ctx.Err() != nil {
+			return fmt.Errorf("import cancelled while spooling: %w", context.Cause(ctx))
+		}
+		return spoolError(src, err)
+	}
+	d.closers = append(d.closers, sp.remove)
+	f, err := os.Open(sp.path)
+	if err != nil {
+		return err
+	}
+	d.closers = append(d.closers, func() { f.Close() })
+	d.r, d.size, d.sizeFrom = f, sp.size, SizeFromSpool
+	if d.sizeFrom == SizeFromSpool && d.format == detect.QCOW2 && d.qcow2 != nil {
+		// The header was checked without the file's length: check it
+		// again now that the length is known.
+		head := make([]byte, min(int64(qcow2.HeadSize), sp.size))
+		if _, err := f.ReadAt(head, 0); err != nil {
+			return err
+		}
+		if d.qcow2, err = qcow2.Inspect(head, sp.size, s.MaxVirtualSize); err != nil {
+			return fmt.Errorf("%s: %w", src.display, classifyQCOW2(err))
+		}
+	}
+	d.reopen = sp.open
+	return nil
+}
+
+// convertRaw makes the disk the guest-visible raw disk of the qcow2 image,
+// read at random through the source's Range requests or the spool.
+func (d *disk) convertRaw(ctx context.Context, s *settings, src *source) error {
+	var ra io.ReaderAt
+	if f, ok := d.r.(*os.File); ok {
+		ra = f
+	} else {
+		ra = src.readerAt(ctx)
+	}
+	info, raw, err := qcow2.Open(ra, d.size, s.MaxVirtualSize)
+	if err != nil {
+		return fmt.Errorf("%s: %w", src.display, classifyQCOW2(err))
+	}
+	vsize := int64(info.VirtualSize)
+	if vsize > s.MaxSize {
+		return fmt.Errorf("%w: %s has a virtual size of %d bytes, more than --max-size %d", ErrTooLarge, src.display, vsize, s.MaxSize)
+	}
+	d.qcow2, d.format, d.size, d.sizeFrom = info, detect.Raw, vsize, SizeFromQCOW2
+	d.r = io.NewSectionReader(raw, 0, vsize)
+	d.reopen = func(context.Context) (io.ReadCloser, error) {
+		return io.NopCloser(io.NewSectionReader(raw, 0, vsize)), nil
+	}
+	return nil
+}
+
+// knownSize returns the disk's size when it can be told without reading
+// the disk, and how it was told; sizeFrom is empty when it cannot.
+func knownSize(ctx context.Context, src *source, c detect.Compression, head []byte) (size int64, sizeFrom string, err error) {
+	switch c {
+	case detect.None:
+		if src.size >= 0 {
+			return src.size, SizeFromLength, nil
+		}
+	case detect.Zstd:
+		if n, ok := decompress.ZstdSize(head); ok {
+			return n, SizeFromZstdHeader, nil
+		}
+	case detect.XZ:
+		if src.readerAt != nil && src.size > 0 {
+			n, err := decompress.XZSize(src.readerAt(ctx), src.size)
+			switch {
+			case err == nil:
+				return n, SizeFromXZIndex, nil
+			case errors.Is(err, decompress.ErrNoSize):
+				// Corrupt or unusual index: the stream decides, spooled.
+			default:
+				return 0, "", fmt.Errorf("reading the xz index of %s: %w", src.display, err)
+			}
+		}
+	}
+	return 0, "", nil
+}
+
+// peek returns the first n bytes of r, or all of them when r is shorter.
+func peek(r *bufio.Reader, n int) ([]byte, error) {
+	b, err := r.Peek(n)
+	if err == io.EOF || err == bufio.ErrBufferFull {
+		err = nil
+	}
+	return b, err
+}
+
+// checkFormat returns the disk format of a disk starting with head, or an
+// error for the formats diskimporter does not import or for a format other
+// than want (when set).
+func checkFormat(head []byte, want string) (detect.Format, error) {
+	f := detect.FormatOf(head)
+	if want != "" && string(f) != want {
+		return "", fmt.Errorf("%w: --format %s was given, but the disk is %s", ErrFormatMismatch, want, f)
+	}
+	switch f {
+	case detect.Raw, detect.ISO, detect.QCOW2:
+		return f, nil
+	}
+	return "", fmt.Errorf("%w: the disk is a %s image, which KubeVirt cannot run; convert it to raw or qcow2 first (qemu-img convert -O qcow2)", ErrUnsupportedFormat, f)
+}
+
+func defaultDiskName(f detect.Format) string {
+	if f == detect.Raw {
+		return "disk.img"
+	}
+	return "disk." + string(f)
+}
+
+func classifyQCOW2(err error) error {
+	switch {
+	case errors.Is(err, qcow2.ErrBackingFile), errors.Is(err, qcow2.ErrDataFile):
+		return fmt.Errorf("%w: %w", ErrBackingFile, err)
+	case errors.Is(err, qcow2.ErrTooLarge):
+		return fmt.Errorf("%w: %w", ErrTooLarge, err)
+	case errors.Is(err, qcow2.ErrUnsupported):
+		return fmt.Errorf("%w: %w", ErrUnsupportedFormat, err)
+	}
+	return fmt.Errorf("%w: %w", ErrCorruptSource, err)
+}
+
+func spoolError(src *source, err error) error {
+	switch {
+	case errors.Is(err, decompress.ErrCorrupt):
+		return fmt.Errorf("%w: %s: %w", ErrCorruptSource, src.display, err)
+	case errors.Is(err, ErrScratchSpace), errors.Is(err, ErrTooLarge), errors.Is(err, ErrInvalidOptions),
+		errors.Is(err, ErrShortSource), errors.Is(err, ErrSourceUnavailable):
+		return err
+	}
+	return fmt.Errorf("spooling %s: %w", src.display, err)
+}
+
+// newDecompressor returns a decompressor of r that, at the end of the
+// compressed stream, reads r to its end, so that the source's sums see
+// every byte.
+func newDecompressor(c detect.Compression, r io.Reader) (io.ReadCloser, error) {
+	dec, err := decompress.NewReader(c, r)
+	if err != nil {
+		return nil, err
+	}
+	return &drainAtEOF{ReadCloser: dec, src: r}, nil
+}
+
+type drainAtEOF struct {
+	io.ReadCloser
+	src io.Reader
+}
+
+func (d *drainAtEOF) Read(p []byte) (int, error) {
+	n, err := d.ReadCloser.Read(p)
+	if err == io.EOF {
+		if _, derr := io.Copy(io.Discard, d.src); derr != nil {
+			return n, derr
+		}
+	} else if err != nil && !errors.Is(err, ErrShortSource) && !errors.Is(err, ErrSourceUnavailable) {
+		err = fmt.Errorf("%w: %w", ErrCorruptSource, err)
+	}
+	return n, err
+}
+
+// closers closes each of its members.
+type closers []io.Closer
+
+func (cs closers) Close() error {
+	var errs []error
+	for _, c := range cs {
+		errs = append(errs, c.Close())
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,162 @@
+package importer
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+	"sync"
+	"sync/atomic"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+)
+
+// sourceSums checks the source bytes as downloaded: it counts them, hashes
+// them with what the expected checksums name (and sha256, for the
+// annotation, when the source is compressed), and classifies read errors.
+// Each read of the source (the first, and one per upload retry) gets fresh
+// hashes; the sums of the last read that reached the end are kept.
+type sourceSums struct {
+	display string
+	size    int64
+	want    []Checksum
+	count   *atomic.Int64 // nil: counted elsewhere
+
+	mu         sync.Mutex
+	withSHA256 bool
+	sha256     string // of the download, when withSHA256
+	disk       string // sha256 of the disk content, from the layer
+	verified   error  // outcome of the last complete read; errNotRead before
+	changed    bool   // two complete reads disagreed
+}
+
+var errNotRead = errors.New("the source was not read to its end")
+
+func newSourceSums(src *source, want []Checksum) *sourceSums {
+	return &sourceSums{display: src.display, size: src.size, want: want, verified: errNotRead}
+}
+
+// hashDownload makes the following reads also compute the download's
+// sha256: needed when it differs from the disk's (a compressed source).
+func (s *sourceSums) hashDownload() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.withSHA256 = true
+}
+
+// reader returns r metered, hashed and classified.
+func (s *sourceSums) reader(r io.Reader) *meteredReader {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	want := s.want
+	m := &meteredReader{r: r, sums: s}
+	if s.withSHA256 {
+		m.sha256 = sha256.New()
+	}
+	if len(want) > 0 {
+		m.check = newChecksummer(want)
+	}
+	if s.count != nil {
+		s.count.Store(0)
+	}
+	return m
+}
+
+// recordDisk keeps the sha256 of the disk content computed by the layer.
+func (s *sourceSums) recordDisk(h v1.Hash) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.disk != "" && s.disk != h.Hex {
+		s.changed = true
+	}
+	s.disk = h.Hex
+}
+
+func (s *sourceSums) complete(m *meteredReader) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var sum string
+	if m.sha256 != nil {
+		sum = hex.EncodeToString(m.sha256.Sum(nil))
+		if s.sha256 != "" && s.sha256 != sum {
+			s.changed = true
+		}
+		s.sha256 = sum
+	}
+	s.verified = nil
+	if m.check != nil {
+		s.verified = m.check.verify(s.display)
+	}
+}
+
+// result returns the sha256 of the download and of the disk, or an error
+// when the source changed between reads, failed an expected checksum, or
+// was never read to its end.
+func (s *sourceSums) result() (download, disk string, err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.changed {
+		return "", "", fmt.Errorf("%w: %s gave different bytes on a second read", ErrSourceChanged, s.display)
+	}
+	if s.verified != nil {
+		return "", "", s.verified
+	}
+	download = s.sha256
+	if !s.withSHA256 {
+		download = s.disk // not compressed: the download is the disk
+		for _, w := range s.want {
+			if w.Algorithm == "sha256" && w.Hex != download {
+				return "", "", fmt.Errorf("%w: %s has sha256:%s, expected %s; the download is corrupt or the checksum is of another file",
+					ErrChecksumMismatch, s.display, download, w)
+			}
+		}
+	}
+	return download, s.disk, nil
+}
+
+// meteredReader is one read of the source through sourceSums.
+type meteredReader struct {
+	r      io.Reader
+	sums   *sourceSums
+	read   int64
+	sha256 hash.Hash
+	check  *checksummer
+	done   bool
+}
+
+func (m *meteredReader) Read(p []byte) (int, error) {
+	n, err := m.r.Read(p)
+	m.read += int64(n)
+	if m.sums.count != nil {
+		m.sums.count.Add(int64(n))
+	}
+	if m.sha256 != nil {
+		m.sha256.Write(p[:n])
+	}
+	if m.check != nil {
+		m.check.Write(p[:n])
+	}
+	switch {
+	case err == nil:
+	case err == io.EOF:
+		if !m.done {
+			m.done = true
+			m.sums.complete(m)
+		}
+	case errors.Is(err, io.ErrUnexpectedEOF):
+		err = fmt.Errorf("%w: %s ended after %s: %w", ErrShortSource, m.sums.display, progressOf(m.read, m.sums.size), err)
+	default:
+		err = fmt.Errorf("%w: reading %s at byte %d: %w", ErrSourceUnavailable, m.sums.display, m.read, err)
+	}
+	return n, err
+}
+
+// progressOf says how far a read of size bytes (-1: unknown) got.
+func progressOf(read, size int64) string {
+	if size < 0 {
+		return fmt.Sprintf("%d bytes, before its end", read)
+	}
+	return fmt.Sprintf("%d of %d bytes", read, size)
+}
