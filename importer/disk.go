@@ -71,14 +71,17 @@ func openDisk(ctx context.Context, s *settings, src *source, rc io.ReadCloser, p
 	}
 	sourceHead := head
 	d.compression = detect.CompressionOf(head)
-	if d.compression != detect.None {
+	// The download's sha256 differs from the disk's when the source is
+	// compressed or converted; then it is computed on its own.
+	converting := s.ConvertRaw && (d.compression != detect.None || detect.FormatOf(head) == detect.QCOW2)
+	if d.compression != detect.None || converting {
 		sums.hashDownload()
 	}
 	// The bytes peeked are still in the buffer: the sums see them all.
 	downloaded := sums.reader(buffered)
 	diskStream := io.Reader(downloaded)
 	if d.compression != detect.None {
-		dec, err := newDecompressor(d.compression, downloaded)
+		dec, err := newDecompressor(d.compression, downloaded, src.display)
 		if err != nil {
 			return nil, fmt.Errorf("%w: %s: %w", ErrCorruptSource, src.display, err)
 		}
@@ -115,11 +118,20 @@ func openDisk(ctx context.Context, s *settings, src *source, rc io.ReadCloser, p
 		}
 	}
 
-	if d.sizeFrom == "" || s.ConvertRaw && d.format == detect.QCOW2 && src.readerAt == nil {
+	convert := s.ConvertRaw && d.format == detect.QCOW2
+	// A qcow2 is converted by reading it at random: through Range requests
+	// of an uncompressed source when no checksum needs the whole download
+	// read in order, otherwise from a spool.
+	rangeConvert := convert && d.compression == detect.None && src.readerAt != nil && len(s.Checksums) == 0
+	switch {
+	case rangeConvert:
+		sums.skip()
+		rc.Close() // the image is read through Range requests instead
+	case d.sizeFrom == "" || convert:
 		if err := d.spoolFrom(ctx, s, src, diskStream, prog, sums); err != nil {
 			return nil, err
 		}
-	} else {
+	default:
 		d.r = diskStream
 		d.reopen = func(ctx context.Context) (io.ReadCloser, error) {
 			rc, err := src.open(ctx)
@@ -129,7 +141,7 @@ func openDisk(ctx context.Context, s *settings, src *source, rc io.ReadCloser, p
 			if d.compression == detect.None {
 				return readCloser{sums.reader(rc), rc}, nil
 			}
-			dec, err := newDecompressor(d.compression, sums.reader(rc))
+			dec, err := newDecompressor(d.compression, sums.reader(rc), src.display)
 			if err != nil {
 				rc.Close()
 				return nil, err
@@ -138,7 +150,7 @@ func openDisk(ctx context.Context, s *settings, src *source, rc io.ReadCloser, p
 		}
 	}
 
-	if s.ConvertRaw && d.format == detect.QCOW2 {
+	if convert {
 		if err := d.convertRaw(ctx, s, src); err != nil {
 			return nil, err
 		}
@@ -187,7 +199,7 @@ func (d *disk) spoolFrom(ctx context.Context, s *settings, src *source, r io.Rea
 func (d *disk) convertRaw(ctx context.Context, s *settings, src *source) error {
 	var ra io.ReaderAt
 	if f, ok := d.r.(*os.File); ok {
-		ra = f
+		ra = f // the spool
 	} else {
 		ra = src.readerAt(ctx)
 	}
@@ -200,11 +212,28 @@ func (d *disk) convertRaw(ctx context.Context, s *settings, src *source) error {
 		return fmt.Errorf("%w: %s has a virtual size of %d bytes, more than --max-size %d", ErrTooLarge, src.display, vsize, s.MaxSize)
 	}
 	d.qcow2, d.format, d.size, d.sizeFrom = info, detect.Raw, vsize, SizeFromQCOW2
+	raw = corruptReaderAt{raw, src.display}
 	d.r = io.NewSectionReader(raw, 0, vsize)
 	d.reopen = func(context.Context) (io.ReadCloser, error) {
 		return io.NopCloser(io.NewSectionReader(raw, 0, vsize)), nil
 	}
 	return nil
+}
+
+// corruptReaderAt classifies the read errors of a converted qcow2: past
+// its validated header, anything wrong with the image is a corrupt source,
+// and a failed read of the source keeps its own class.
+type corruptReaderAt struct {
+	ra      io.ReaderAt
+	display string
+}
+
+func (c corruptReaderAt) ReadAt(p []byte, off int64) (int, error) {
+	n, err := c.ra.ReadAt(p, off)
+	if err != nil && err != io.EOF && !errors.Is(err, ErrSourceUnavailable) && !errors.Is(err, ErrSourceChanged) {
+		err = fmt.Errorf("%w: %s: %w", ErrCorruptSource, c.display, err)
+	}
+	return n, err
 }
 
 // knownSize returns the disk's size when it can be told without reading
@@ -280,6 +309,8 @@ func classifyQCOW2(err error) error {
 
 func spoolError(src *source, err error) error {
 	switch {
+	case errors.Is(err, ErrCorruptSource):
+		return err
 	case errors.Is(err, decompress.ErrCorrupt):
 		return fmt.Errorf("%w: %s: %w", ErrCorruptSource, src.display, err)
 	case errors.Is(err, ErrScratchSpace), errors.Is(err, ErrTooLarge), errors.Is(err, ErrInvalidOptions),
@@ -292,17 +323,18 @@ func spoolError(src *source, err error) error {
 // newDecompressor returns a decompressor of r that, at the end of the
 // compressed stream, reads r to its end, so that the source's sums see
 // every byte.
-func newDecompressor(c detect.Compression, r io.Reader) (io.ReadCloser, error) {
+func newDecompressor(c detect.Compression, r io.Reader, display string) (io.ReadCloser, error) {
 	dec, err := decompress.NewReader(c, r)
 	if err != nil {
 		return nil, err
 	}
-	return &drainAtEOF{ReadCloser: dec, src: r}, nil
+	return &drainAtEOF{ReadCloser: dec, src: r, display: display}, nil
 }
 
 type drainAtEOF struct {
 	io.ReadCloser
-	src io.Reader
+	src     io.Reader
+	display string
 }
 
 func (d *drainAtEOF) Read(p []byte) (int, error) {
@@ -312,7 +344,7 @@ func (d *drainAtEOF) Read(p []byte) (int, error) {
 			return n, derr
 		}
 	} else if err != nil && !errors.Is(err, ErrShortSource) && !errors.Is(err, ErrSourceUnavailable) {
-		err = fmt.Errorf("%w: %w", ErrCorruptSource, err)
+		err = fmt.Errorf("%w: %s: %w", ErrCorruptSource, d.display, err)
 	}
 	return n, err
 }

@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/url"
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/v1/remote"
@@ -37,8 +38,9 @@ type Result struct {
 	Size int64 `json:"size"`
 	// Source is the source with credentials and query string removed.
 	Source string `json:"source"`
-	// SourceSHA256 is the sha256 of the source bytes as downloaded.
-	SourceSHA256 string `json:"source_sha256"`
+	// SourceSHA256 is the sha256 of the source bytes as downloaded; empty
+	// when a qcow2 was converted through Range reads and never read whole.
+	SourceSHA256 string `json:"source_sha256,omitempty"`
 	// Compression is the compression stripped from the source: none,
 	// gzip, xz, zstd or bzip2.
 	Compression string `json:"compression"`
@@ -219,6 +221,12 @@ func uploadError(ctx context.Context, registry string, err error) error {
 		return fmt.Errorf("import cancelled: %w", context.Cause(ctx))
 	case errors.Is(err, ErrShortSource), errors.Is(err, ErrSourceUnavailable), errors.Is(err, ErrSourceChanged),
 		errors.Is(err, ErrCorruptSource), errors.Is(err, ErrTooLarge):
+		// net/http wraps it with the upload URL, whose state token
+		// means nothing to a user: drop that wrapper.
+		var uerr *url.Error
+		if errors.As(err, &uerr) {
+			err = uerr.Err
+		}
 		return fmt.Errorf("reading the source: %w", err)
 	}
 	return registryError("uploading the disk layer", registry, err)

@@ -30,12 +30,14 @@ type diskDescription struct {
 func (d diskDescription) annotations() map[string]string {
 	a := map[string]string{
 		AnnotationSource:            d.source,
-		AnnotationSourceSHA256:      "sha256:" + d.sourceSHA256,
 		AnnotationSourceCompression: string(d.compression),
 		AnnotationDiskSHA256:        "sha256:" + d.diskSHA256,
 		AnnotationFormat:            string(d.format),
 		AnnotationSize:              strconv.FormatInt(d.size, 10),
 		AnnotationDiskPath:          d.path,
+	}
+	if d.sourceSHA256 != "" { // empty when converted through Range reads
+		a[AnnotationSourceSHA256] = "sha256:" + d.sourceSHA256
 	}
 	if q := d.qcow2; q != nil {
 		a[AnnotationVirtualSize] = strconv.FormatUint(q.VirtualSize, 10)
@@ -97,10 +99,12 @@ func result(s *settings, img v1.Image, l *layer.Layer, d diskDescription) (*Resu
 		Format:         string(d.format),
 		Size:           d.size,
 		Source:         d.source,
-		SourceSHA256:   "sha256:" + d.sourceSHA256,
 		Compression:    string(d.compression),
 		SizeFrom:       d.sizeFrom,
 		DiskSHA256:     "sha256:" + d.diskSHA256,
+	}
+	if d.sourceSHA256 != "" {
+		res.SourceSHA256 = "sha256:" + d.sourceSHA256
 	}
 	if q := d.qcow2; q != nil {
 		res.QCOW2 = &QCOW2Info{Version: q.Version, VirtualSize: q.VirtualSize, ClusterSize: q.ClusterSize, CompressionType: q.CompressionType}

@@ -7,6 +7,11 @@
 #
 #   importer/decompress/compare-c-tools.sh            # 256 MiB, best of 3
 #   SIZE_MIB=64 RUNS=1 importer/decompress/compare-c-tools.sh
+#   SAMPLE=/path/to/disk.img importer/decompress/compare-c-tools.sh
+#
+# The generated image is a third random bytes, a third zeros and a third
+# repeated text, which all decode unusually fast; SAMPLE names a real image
+# (or any file) to measure instead.
 #
 # The tools: apt-get install -y gzip xz-utils zstd bzip2
 #
@@ -35,10 +40,14 @@ trap 'rm -rf "$work"' EXIT
 gotest() { "$work/decompress.test" -test.count=1 "$@"; }
 
 img=$work/disk.img
-gotest -test.run '^TestMakeSample$' -sample-out "$img" -sample-size $((SIZE_MIB << 20)) >/dev/null
+if [[ -n ${SAMPLE:-} ]]; then
+	cp "$SAMPLE" "$img"
+else
+	gotest -test.run '^TestMakeSample$' -sample-out "$img" -sample-size $((SIZE_MIB << 20)) >/dev/null
+fi
 size=$(stat -c %s "$img")
 
-echo "compressing a ${SIZE_MIB} MiB disk-like image..." >&2
+echo "compressing ${SAMPLE:-a ${SIZE_MIB} MiB disk-like image} ($size bytes)..."
 gzip -6 -c "$img" >"$img.gz"
 zstd -q -3 -c "$img" >"$img.zst"
 xz -6 -T1 -c "$img" >"$img.xz"
@@ -47,15 +56,11 @@ bzip2 -9 -c "$img" >"$img.bz2"
 
 # best CMD...: prints "wall cpu" seconds, the best of RUNS runs of CMD.
 best() {
-	local bw="" bc="" w c out
+	local i out
 	for ((i = 0; i < RUNS; i++)); do
 		out=$({ TIMEFORMAT='%R %U %S'; time "$@" >/dev/null; } 2>&1 | tail -1)
-		read -r w u s <<<"$out"
-		c=$(echo "$u + $s" | bc -l)
-		if [[ -z $bw ]] || (($(echo "$w < $bw" | bc -l))); then bw=$w; fi
-		if [[ -z $bc ]] || (($(echo "$c < $bc" | bc -l))); then bc=$c; fi
-	done
-	echo "$bw $bc"
+		echo "$out"
+	done | awk 'NR == 1 || $1 < w { w = $1 } NR == 1 || $2 + $3 < c { c = $2 + $3 } END { print w, c }'
 }
 
 # The Go side must decode to the full size, or the timing means nothing.
@@ -67,19 +72,18 @@ for f in "$img.gz" "$img.zst" "$img.xz" "$img.mt.xz" "$img.bz2"; do
 	fi
 done
 
-mbs() { echo "scale=1; $size / 1000000 / $1" | bc -l; }
-
-printf '%-22s %10s %10s %10s %8s %10s %10s %8s\n' format compr-MB C-MB/s Go-MB/s C/Go C-cpu Go-cpu C/Go-cpu
+printf '%-22s %9s %8s %8s %6s %8s %8s %8s\n' format compr-MB C-MB/s Go-MB/s C/Go C-cpu Go-cpu C/Go-cpu
 row() { # name file C-command...
-	local name=$1 file=$2
+	local name=$1 file=$2 cw cc gw gc
 	shift 2
-	local c g
 	read -r cw cc <<<"$(best "$@" "$file")"
 	read -r gw gc <<<"$(best gotest -test.run '^TestDecodeFile$' -decode-file "$file")"
-	printf '%-22s %10.1f %10.1f %10.1f %8.2f %10.1f %10.1f %8.2f\n' "$name" \
-		"$(echo "$(stat -c %s "$file") / 1000000" | bc -l)" \
-		"$(mbs "$cw")" "$(mbs "$gw")" "$(echo "$gw / $cw" | bc -l)" \
-		"$(mbs "$cc")" "$(mbs "$gc")" "$(echo "$gc / $cc" | bc -l)"
+	awk -v name="$name" -v csize="$(stat -c %s "$file")" -v size="$size" \
+		-v cw="$cw" -v cc="$cc" -v gw="$gw" -v gc="$gc" 'BEGIN {
+		mb = size / 1e6
+		printf "%-22s %9.1f %8.1f %8.1f %6.2f %8.1f %8.1f %8.2f\n", name, csize / 1e6,
+			mb / cw, mb / gw, gw / cw, mb / cc, mb / gc, gc / cc
+	}'
 }
 row "gzip -6" "$img.gz" gzip -dc
 row "zstd -3" "$img.zst" zstd -q -dc

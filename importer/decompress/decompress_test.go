@@ -210,7 +210,6 @@ func TestInputError(t *testing.T) {
 			in := compress(t, c, data)
 			for _, n := range []int{0, 5, len(in) / 2} {
 				r := io.MultiReader(bytes.NewReader(in[:n]), iotest.ErrReader(boom))
-				var err error
 				d, err := NewReader(c, r)
 				if err == nil {
 					_, err = io.ReadAll(d)
