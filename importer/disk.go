@@ -83,12 +83,12 @@ func openDisk(ctx context.Context, s *settings, src *source, rc io.ReadCloser, p
 	if d.compression != detect.None {
 		dec, err := newDecompressor(d.compression, downloaded, src.display)
 		if err != nil {
-			return nil, fmt.Errorf("%w: %s: %w", ErrCorruptSource, src.display, err)
+			return nil, decodeError(src.display, err)
 		}
 		d.closers = append(d.closers, func() { dec.Close() })
 		buffered := bufio.NewReaderSize(dec, headSize)
 		if head, err = peek(buffered, headSize); err != nil {
-			return nil, fmt.Errorf("%w: %s: decompressing its first bytes: %w", ErrCorruptSource, src.display, err)
+			return nil, err // classified by the decompressor
 		}
 		if inner := detect.CompressionOf(head); inner != detect.None {
 			return nil, fmt.Errorf("%w: %s is %s inside %s; nested compression is refused, decompress it once first",
@@ -309,13 +309,10 @@ func classifyQCOW2(err error) error {
 
 func spoolError(src *source, err error) error {
 	switch {
-	case errors.Is(err, ErrCorruptSource):
-		return err
-	case errors.Is(err, decompress.ErrCorrupt):
-		return fmt.Errorf("%w: %s: %w", ErrCorruptSource, src.display, err)
-	case errors.Is(err, ErrScratchSpace), errors.Is(err, ErrTooLarge), errors.Is(err, ErrInvalidOptions),
-		errors.Is(err, ErrShortSource), errors.Is(err, ErrSourceUnavailable):
-		return err
+	case errors.Is(err, ErrCorruptSource), errors.Is(err, ErrUnsupportedFormat), errors.Is(err, ErrScratchSpace),
+		errors.Is(err, ErrTooLarge), errors.Is(err, ErrInvalidOptions), errors.Is(err, ErrShortSource),
+		errors.Is(err, ErrSourceUnavailable):
+		return err // already classified
 	}
 	return fmt.Errorf("spooling %s: %w", src.display, err)
 }
@@ -343,10 +340,24 @@ func (d *drainAtEOF) Read(p []byte) (int, error) {
 		if _, derr := io.Copy(io.Discard, d.src); derr != nil {
 			return n, derr
 		}
-	} else if err != nil && !errors.Is(err, ErrShortSource) && !errors.Is(err, ErrSourceUnavailable) {
-		err = fmt.Errorf("%w: %s: %w", ErrCorruptSource, d.display, err)
+	} else if err != nil {
+		err = decodeError(d.display, err)
 	}
 	return n, err
+}
+
+// decodeError classifies an error of a decompressor: the source's own
+// failures keep their class, input the decoders refuse to decode (a zstd
+// window or an xz dictionary over the limits) is an unsupported format,
+// and anything else is a corrupt source.
+func decodeError(display string, err error) error {
+	switch {
+	case errors.Is(err, ErrShortSource), errors.Is(err, ErrSourceUnavailable), errors.Is(err, ErrSourceChanged):
+		return err
+	case errors.Is(err, decompress.ErrUnsupported):
+		return fmt.Errorf("%w: %s: %w", ErrUnsupportedFormat, display, err)
+	}
+	return fmt.Errorf("%w: %s: %w", ErrCorruptSource, display, err)
 }
 
 // closers closes each of its members.

@@ -38,8 +38,8 @@ import (
 var ErrCorrupt = errors.New("corrupt compressed input")
 
 // ErrUnsupported matches the errors of input that may well be valid but
-// that NewReader will not decode: it needs more memory than the limits
-// below, a zstd dictionary, or an xz filter other than LZMA2.
+// that NewReader will not decode: it needs more memory than MaxZstdWindow
+// or MaxXZDict allow, a zstd dictionary, or an xz filter other than LZMA2.
 var ErrUnsupported = errors.New("unsupported compressed input")
 
 // Limits on the memory a decoder may allocate because its input asks for

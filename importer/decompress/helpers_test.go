@@ -93,7 +93,7 @@ func compressOnce(tb testing.TB, c detect.Compression, data []byte) []byte {
 	case detect.Zstd:
 		return zstdStream(tb, data)
 	case detect.XZ:
-		return xzCompressOnce(tb, xz.WriterConfig{DictCap: 1 << 20}, data)
+		return xzCompress(tb, xz.WriterConfig{DictCap: 1 << 20}, data)
 	case detect.Bzip2:
 		return bzip2Tool(tb, data)
 	default:
@@ -212,18 +212,32 @@ type xzRecord struct{ unpadded, uncompressed int64 }
 // fakeXZStream builds an .xz stream with blocks of the given sizes whose
 // contents are junk: enough for XZSize, which reads no block.
 func fakeXZStream(records []xzRecord) []byte {
-	flags := []byte{0, 0x01} // CRC32
-	var s []byte
-	s = append(s, xzHeaderMagic...)
-	s = append(s, flags...)
-	s = binary.LittleEndian.AppendUint32(s, crc32.ChecksumIEEE(flags))
+	head, _, tail := fakeXZParts(records)
+	s := head
 	for _, r := range records {
 		s = append(s, make([]byte, (r.unpadded+3)&^3)...)
 		s[len(s)-1] = 0xaa
 	}
+	return append(s, tail...)
+}
+
+// fakeXZSparse is fakeXZStream with zeros for blocks, which take no memory.
+func fakeXZSparse(records []xzRecord) *sparseFile {
+	head, blocks, tail := fakeXZParts(records)
+	return &sparseFile{head: head, gap: blocks, tail: tail}
+}
+
+// fakeXZParts returns the parts of a fake stream: its header, the size of
+// its blocks, and its index and footer.
+func fakeXZParts(records []xzRecord) (head []byte, blocks int64, tail []byte) {
+	flags := []byte{0, 0x01} // CRC32
+	head = append(head, xzHeaderMagic...)
+	head = append(head, flags...)
+	head = binary.LittleEndian.AppendUint32(head, crc32.ChecksumIEEE(flags))
 	index := []byte{0}
 	index = binary.AppendUvarint(index, uint64(len(records)))
 	for _, r := range records {
+		blocks += (r.unpadded + 3) &^ 3
 		index = binary.AppendUvarint(index, uint64(r.unpadded))
 		index = binary.AppendUvarint(index, uint64(r.uncompressed))
 	}
@@ -231,8 +245,38 @@ func fakeXZStream(records []xzRecord) []byte {
 		index = append(index, 0)
 	}
 	index = binary.LittleEndian.AppendUint32(index, crc32.ChecksumIEEE(index))
-	s = append(s, index...)
-	return append(s, fakeXZFooter(uint32(len(index)/4-1), flags)...)
+	tail = append(index, fakeXZFooter(uint32(len(index)/4-1), flags)...)
+	return head, blocks, tail
+}
+
+// sparseFile is a file of head, gap zero bytes and tail.
+type sparseFile struct {
+	head []byte
+	gap  int64
+	tail []byte
+}
+
+func (f *sparseFile) size() int64 { return int64(len(f.head)) + f.gap + int64(len(f.tail)) }
+
+func (f *sparseFile) ReadAt(p []byte, off int64) (int, error) {
+	n := 0
+	for n < len(p) && off < f.size() {
+		var k int
+		switch h := int64(len(f.head)); {
+		case off < h:
+			k = copy(p[n:], f.head[off:])
+		case off < h+f.gap:
+			k = int(min(int64(len(p)-n), h+f.gap-off))
+			clear(p[n : n+k])
+		default:
+			k = copy(p[n:], f.tail[off-h-f.gap:])
+		}
+		n, off = n+k, off+int64(k)
+	}
+	if n < len(p) {
+		return n, io.EOF
+	}
+	return n, nil
 }
 
 func fakeXZFooter(backward uint32, flags []byte) []byte {
