@@ -118,7 +118,7 @@ func bench(ctx context.Context, size int64, limits, rows []string) error {
 		runtime.NumCPU(), cpuModel(), runtime.GOOS, runtime.GOARCH, runtime.Version(), humanSize(size), size)
 	fmt.Printf("registry: distribution %s over TLS with htpasswd, on core 1; source: plain HTTP from a file, on core 1; client: core 0\n\n", registry.Version)
 
-	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
+	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "row\tCPU limit\tMiB/s\tclient CPU s/GiB\tpeak RSS MiB\tnote\t")
 	for _, limit := range limits {
 		for _, row := range rows {
@@ -131,7 +131,7 @@ func bench(ctx context.Context, size int64, limits, rows []string) error {
 				continue
 			}
 			fmt.Fprintf(tw, "%s\t%s\t%.0f\t%.2f\t%.0f\t%s\t\n", row, limit, m.mibps, m.cpuPerGiB, m.rssMiB, m.note)
-			tw.Flush()
+			fmt.Fprintf(os.Stderr, "done: %s at %s\n", row, limit)
 		}
 	}
 	return tw.Flush()
