@@ -110,15 +110,9 @@ type pinnedReader struct {
 }
 
 func (r *pinnedReader) ReadAt(p []byte, off int64) (int, error) {
-	if off < 0 {
-		return 0, fmt.Errorf("qcow2: read at negative offset %d", off)
-	}
-	if off >= r.size {
-		return 0, io.EOF
-	}
-	var eof error
-	if int64(len(p)) > r.size-off {
-		p, eof = p[:r.size-off], io.EOF
+	p, eof, err := clip(p, off, r.size)
+	if err != nil {
+		return 0, err
 	}
 	n := 0
 	if off < int64(len(r.head)) {
@@ -146,15 +140,9 @@ type disk struct {
 }
 
 func (d *disk) ReadAt(p []byte, off int64) (int, error) {
-	if off < 0 {
-		return 0, fmt.Errorf("qcow2: read at negative offset %d", off)
-	}
-	if off >= d.size {
-		return 0, io.EOF
-	}
-	var eof error
-	if int64(len(p)) > d.size-off {
-		p, eof = p[:d.size-off], io.EOF
+	p, eof, err := clip(p, off, d.size)
+	if err != nil {
+		return 0, err
 	}
 	n := 0
 	for n < len(p) {
@@ -190,4 +178,19 @@ func readError(off int64, err error) error {
 		return fmt.Errorf("qcow2: reading the guest data at offset %d: %w", off, err)
 	}
 	return fmt.Errorf("%w: reading the guest data at offset %d: %v", ErrCorrupt, off, err)
+}
+
+// clip limits a read of p at off to the first size bytes. It returns the
+// part of p to fill, io.EOF as the error to return after filling it when the
+// read reaches the end, and an error when there is nothing to read.
+func clip(p []byte, off, size int64) (_ []byte, eof, err error) {
+	switch {
+	case off < 0:
+		return nil, nil, fmt.Errorf("qcow2: read at negative offset %d", off)
+	case off >= size:
+		return nil, nil, io.EOF
+	case int64(len(p)) > size-off:
+		return p[:size-off], io.EOF, nil
+	}
+	return p, nil, nil
 }
