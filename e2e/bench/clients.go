@@ -23,12 +23,14 @@ import (
 	"github.com/diskimporter/diskimporter/tlsconfig"
 )
 
-// clients are the comparison rows, run as subcommands of this binary so
-// that each is its own process with its own rusage.
+// clients are the comparison rows (and the maker of their sources), run as
+// subcommands of this binary so that each is its own process with its own
+// rusage.
 var clients = map[string]func(args []string) error{
 	"gzip-stream-layer": gzipStreamLayer,
 	"put-ceiling":       putCeiling,
 	"cpu-ceiling":       cpuCeiling,
+	"make-source":       makeSource,
 }
 
 func envAuth() *authn.Basic {

@@ -15,6 +15,7 @@ package main
 import (
 	"context"
 	"crypto/sha256"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -49,7 +50,8 @@ func main() {
 	}
 	size := flag.String("size", "1GiB", "disk size (KiB, MiB, GiB suffixes)")
 	limits := flag.String("limits", "none,750m,250m", "client CPU limits to measure, comma-separated (none, or millicores such as 750m)")
-	rowsFlag := flag.String("rows", "diskimporter,diskimporter-http1,gzip-stream-layer,put-ceiling,cpu-ceiling", "rows to run, comma-separated")
+	rowsFlag := flag.String("rows", "diskimporter,diskimporter-http1,gzip-stream-layer,put-ceiling,cpu-ceiling",
+		"rows to run, comma-separated; also diskimporter-qcow2, -gz, -xz, -zst: the same disk in those containers")
 	flag.StringVar(&profileDir, "profile-dir", "", "save a 2-second CPU profile of each diskimporter row (taken through --pprof-address) into this directory")
 	flag.Parse()
 
@@ -159,7 +161,7 @@ func (s *setup) prepare(ctx context.Context) error {
 		return err
 	}
 	go http.Serve(ln, http.FileServer(http.Dir(s.dir)))
-	s.sourceURL = "http://" + ln.Addr().String() + "/disk.img"
+	s.sourceURL = "http://" + ln.Addr().String() + "/"
 
 	cpus := ""
 	if runtime.NumCPU() >= 2 {
@@ -195,10 +197,14 @@ type measurement struct {
 func (s *setup) run(ctx context.Context, row, limit string) (*measurement, error) {
 	repo := fmt.Sprintf("%s/bench/%s-%s:v%d", s.reg.Addr, row, strings.ReplaceAll(limit, "none", "nolimit"), time.Now().UnixNano())
 	var argv []string
-	switch row {
-	case "diskimporter", "diskimporter-http1":
-		argv = []string{s.importer, "import", "--source", s.sourceURL, "--destination", repo,
-			"--ca-file", s.reg.CAFile, "--log-format", "json", "--progress-interval", "1h"}
+	file, err := s.sourceFile(row)
+	if err != nil {
+		return nil, err
+	}
+	switch {
+	case row == "diskimporter" || row == "diskimporter-http1" || sourceRows[row] != "":
+		argv = []string{s.importer, "import", "--source", s.sourceURL + file, "--destination", repo,
+			"--ca-file", s.reg.CAFile, "--log-format", "json", "--progress-interval", "1h", "--scratch-dir", s.dir}
 		if row == "diskimporter-http1" {
 			argv = append(argv, "--http1")
 		}
@@ -210,11 +216,11 @@ func (s *setup) run(ctx context.Context, row, limit string) (*measurement, error
 			argv = append(argv, "--pprof-address", addr)
 			go saveProfile(ctx, addr, filepath.Join(profileDir, row+"-"+limit+".pprof"))
 		}
-	case "gzip-stream-layer":
-		argv = []string{s.self, "gzip-stream-layer", s.sourceURL, repo, s.reg.CAFile}
-	case "put-ceiling":
+	case row == "gzip-stream-layer":
+		argv = []string{s.self, "gzip-stream-layer", s.sourceURL + file, repo, s.reg.CAFile}
+	case row == "put-ceiling":
 		argv = []string{s.self, "put-ceiling", s.disk, s.sha256, repo, s.reg.CAFile}
-	case "cpu-ceiling":
+	case row == "cpu-ceiling":
 		argv = []string{s.self, "cpu-ceiling", s.disk}
 	default:
 		return nil, fmt.Errorf("unknown row %q", row)
@@ -251,8 +257,19 @@ func (s *setup) run(ctx context.Context, row, limit string) (*measurement, error
 	if row == "put-ceiling" {
 		m.note = "one PUT of the bytes, digest known, HTTP/1.1"
 	}
-	if strings.HasPrefix(row, "diskimporter") && !strings.Contains(string(out), s.sha256) {
-		return nil, fmt.Errorf("result does not name the source sha256: %s", out)
+	if strings.HasPrefix(row, "diskimporter") {
+		var res struct {
+			DiskSHA256 string `json:"disk_sha256"`
+			SizeFrom   string `json:"size_from"`
+		}
+		if err := json.Unmarshal(out, &res); err != nil {
+			return nil, fmt.Errorf("result %q: %w", out, err)
+		}
+		// A qcow2 is stored as such: its sha256 is the image's.
+		if row != "diskimporter-qcow2" && res.DiskSHA256 != s.sha256 {
+			return nil, fmt.Errorf("result does not name the disk's sha256: %s", out)
+		}
+		m.note = "size from " + res.SizeFrom
 	}
 	return m, nil
 }
