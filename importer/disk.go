@@ -11,6 +11,7 @@ import (
 	"github.com/diskimporter/diskimporter/importer/decompress"
 	"github.com/diskimporter/diskimporter/importer/detect"
 	"github.com/diskimporter/diskimporter/importer/qcow2"
+	"github.com/diskimporter/diskimporter/layer"
 )
 
 // ErrFormatMismatch: the disk is not in the format --format asserted.
@@ -290,7 +291,7 @@ func checkFormat(head []byte, want string) (detect.Format, error) {
 
 func defaultDiskName(f detect.Format) string {
 	if f == detect.Raw {
-		return "disk.img"
+		return layer.DefaultDiskName
 	}
 	return "disk." + string(f)
 }

@@ -126,14 +126,14 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 
 // run is Run after the options were checked.
 func run(ctx context.Context, s *settings, log *slog.Logger, prog *tracker) (*Result, error) {
-
 	var tlsSeen tlsState
 	rt, err := registryTransport(s, &tlsSeen)
 	if err != nil {
 		return nil, err
 	}
 	registry := s.ref.RegistryStr()
-	pusher, err := remote.NewPusher(remote.WithContext(ctx), remote.WithTransport(rt), remote.WithAuthFromKeychain(s.Keychain), remote.WithRetryPredicate(retryable))
+	pusher, err := remote.NewPusher(remote.WithContext(ctx), remote.WithTransport(rt),
+		remote.WithAuthFromKeychain(s.Keychain), remote.WithRetryPredicate(retryable))
 	if err != nil {
 		return nil, err
 	}
