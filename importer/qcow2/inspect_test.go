@@ -173,10 +173,11 @@ func rejectCases() []rejectCase {
 		{name: "header_length not a multiple of 8", mutate: set32(offHeaderLength, 108), want: ErrCorrupt, wantMsg: "header_length"},
 		{name: "header_length over the cluster", mutate: set32(offHeaderLength, cs+8), want: ErrCorrupt, wantMsg: "header_length"},
 		{name: "header_length 2^32-8", mutate: set32(offHeaderLength, math.MaxUint32-7), want: ErrCorrupt},
-		{name: "header_length past head", mutate: func(t testing.TB, img []byte) []byte {
+		{name: "header_length past head", mutate: func(t testing.TB, _ []byte) []byte {
+			// A standard image with 2 MiB clusters instead.
 			ti := standardImage()
 			ti.clusterBits = 21
-			img, _ = ti.build(t)
+			img, _ := ti.build(t)
 			put32(img, offHeaderLength, 1<<20)
 			return img[:HeadSize]
 		}, fileSize: -1, want: ErrCorrupt},
@@ -230,19 +231,21 @@ func rejectCases() []rejectCase {
 			put32(img, 116, math.MaxUint32)
 			return img
 		}, want: ErrCorrupt},
-		{name: "extensions without end marker run past head", mutate: func(t testing.TB, img []byte) []byte {
+		{name: "extensions without end marker run past head", mutate: func(t testing.TB, _ []byte) []byte {
+			// A standard image with 2 MiB clusters instead.
 			ti := standardImage()
 			ti.clusterBits = 21
-			img, _ = ti.build(t)
+			img, _ := ti.build(t)
 			for off := 112; off+8 <= HeadSize; off += 8 {
 				put32(img, off, 0x12345678) // empty unknown extensions
 			}
 			return img
 		}, want: ErrCorrupt, wantMsg: "end marker"},
-		{name: "extension data runs past head", mutate: func(t testing.TB, img []byte) []byte {
+		{name: "extension data runs past head", mutate: func(t testing.TB, _ []byte) []byte {
+			// A standard image with 2 MiB clusters instead.
 			ti := standardImage()
 			ti.clusterBits = 21
-			img, _ = ti.build(t)
+			img, _ := ti.build(t)
 			put32(img, 112, 0x12345678)
 			put32(img, 116, HeadSize)
 			return img
