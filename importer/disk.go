@@ -180,7 +180,7 @@ func (d *disk) spoolFrom(ctx context.Context, s *settings, src *source, r io.Rea
 	}
 	d.closers = append(d.closers, func() { f.Close() })
 	d.r, d.size, d.sizeFrom = f, sp.size, SizeFromSpool
-	if d.sizeFrom == SizeFromSpool && d.format == detect.QCOW2 && d.qcow2 != nil {
+	if d.qcow2 != nil {
 		// The header was checked without the file's length: check it
 		// again now that the length is known.
 		head := make([]byte, min(int64(qcow2.HeadSize), sp.size))

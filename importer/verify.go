@@ -59,13 +59,12 @@ func (s *sourceSums) hashDownload() {
 func (s *sourceSums) reader(r io.Reader) *meteredReader {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	want := s.want
 	m := &meteredReader{r: r, sums: s}
 	if s.withSHA256 {
 		m.sha256 = sha256.New()
 	}
-	if len(want) > 0 {
-		m.check = newChecksummer(want)
+	if len(s.want) > 0 {
+		m.check = newChecksummer(s.want)
 	}
 	if s.count != nil {
 		s.count.Store(0)
