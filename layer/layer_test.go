@@ -414,3 +414,50 @@ func TestRemoteRetry(t *testing.T) {
 }
 
 func nopLogger() *log.Logger { return log.New(io.Discard, "", 0) }
+
+// sizeRecorder records the length of each Write.
+type sizeRecorder struct {
+	bytes.Buffer
+	writes []int
+}
+
+func (s *sizeRecorder) Write(p []byte) (int, error) {
+	s.writes = append(s.writes, len(p))
+	return s.Buffer.Write(p)
+}
+
+// TestWriteTo: io.Copy hands whole buffers to the writer, gives the same
+// bytes as Read, and the digest is known afterwards.
+func TestWriteTo(t *testing.T) {
+	content := disk(3<<20 + 5)
+	want, err := New(io.NopCloser(bytes.NewReader(content)), int64(len(content)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantBytes := readAll(t, want)
+	wantDigest, _ := want.Digest()
+
+	l, err := New(io.NopCloser(bytes.NewReader(content)), int64(len(content)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rc, err := l.Compressed()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close()
+	var w sizeRecorder
+	n, err := io.Copy(&w, rc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n != int64(len(wantBytes)) || !bytes.Equal(w.Bytes(), wantBytes) {
+		t.Fatalf("io.Copy gave %d bytes that differ from Read's %d", n, len(wantBytes))
+	}
+	if d, err := l.Digest(); err != nil || d != wantDigest {
+		t.Errorf("Digest() = %v, %v; want %v", d, err, wantDigest)
+	}
+	if len(w.writes) > 5 || w.writes[0] != 1<<20 {
+		t.Errorf("writes of %v bytes, want whole 1 MiB buffers", w.writes)
+	}
+}

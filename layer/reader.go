@@ -149,9 +149,45 @@ func fill(r io.Reader, buf []byte) (int, error) {
 // Read returns the tar stream. The layer's digest is recorded when Read
 // returns io.EOF, never earlier and never after another error.
 func (r *reader) Read(p []byte) (int, error) {
+	if err := r.next(); err != nil {
+		return 0, err
+	}
+	n := copy(p, r.cur)
+	r.cur = r.cur[n:]
+	if len(r.cur) == 0 && r.err != nil {
+		return n, r.end()
+	}
+	return n, nil
+}
+
+// WriteTo writes the rest of the tar stream to w, each filled buffer in one
+// Write: io.Copy, and so net/http's upload, uses it instead of copying the
+// stream through a 32 KiB buffer of its own. The layer's digest is recorded
+// when the stream ended cleanly.
+func (r *reader) WriteTo(w io.Writer) (int64, error) {
+	var total int64
+	for {
+		if err := r.next(); err != nil {
+			if err == io.EOF {
+				err = nil
+			}
+			return total, err
+		}
+		n, err := w.Write(r.cur)
+		total += int64(n)
+		r.cur = r.cur[n:]
+		if err != nil {
+			return total, err
+		}
+	}
+}
+
+// next makes r.cur the unread bytes of the next filled buffer, or returns
+// the error that ends the stream.
+func (r *reader) next() error {
 	for len(r.cur) == 0 {
 		if r.err != nil {
-			return 0, r.end()
+			return r.end()
 		}
 		if r.curFull != nil {
 			r.free <- r.curFull[:cap(r.curFull)]
@@ -161,15 +197,10 @@ func (r *reader) Read(p []byte) (int, error) {
 		case c := <-r.full:
 			r.cur, r.curFull, r.err, r.last = c.buf, c.buf, c.err, c
 		case <-r.stop:
-			return 0, errClosed
+			return errClosed
 		}
 	}
-	n := copy(p, r.cur)
-	r.cur = r.cur[n:]
-	if len(r.cur) == 0 && r.err != nil {
-		return n, r.end()
-	}
-	return n, nil
+	return nil
 }
 
 // end returns the error that follows the stream, recording the layer's
