@@ -1,0 +1,575 @@
+// Package fetch reads one large object over HTTP fast and safely: one
+// stream, or bounded Range requests on several connections reassembled in
+// order, every answer checked against the version first seen, and a
+// dropped or stalled response resumed from the bytes already received.
+//
+// Open sends the first GET and learns what the server offers; the Object it
+// returns hands out readers (NewReader) and random access (ReaderAt) to
+// that version of the object.
+package fetch
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+)
+
+// Errors a caller may want to tell apart. Answers that are errors
+// themselves are *StatusError.
+var (
+	// ErrChanged: the object is no longer the version first read (its
+	// validator or length differ, or a Range request was answered with
+	// the whole object, as a server does when If-Range fails).
+	ErrChanged = errors.New("the object changed while it was read")
+	// ErrStalled: a response gave no byte for Options.StallTimeout.
+	ErrStalled = errors.New("no data received within the stall timeout")
+	// ErrBadRange: a Range request was answered with other bytes than
+	// those asked for.
+	ErrBadRange = errors.New("a Range request was answered with the wrong bytes")
+	// ErrRedirect: CheckRedirect refused a redirect.
+	ErrRedirect = errors.New("redirect refused")
+)
+
+// StatusError is an HTTP answer other than the one asked for.
+type StatusError struct {
+	Code   int
+	Status string
+	// RetryAfter is what a Retry-After header asked for, or 0.
+	RetryAfter time.Duration
+}
+
+func (e *StatusError) Error() string { return "answered " + e.Status }
+
+// Options tune how an object is read. The zero value reads one stream and
+// never resumes.
+type Options struct {
+	// Connections is how many Range requests run at once; 1 or less
+	// reads one stream.
+	Connections int
+	// ChunkSize is the length of each Range request, and of each of the
+	// Connections buffers that reassemble them in order.
+	ChunkSize int64
+	// Retries is how many times in a row one response may fail (drop,
+	// stall, short body, 5xx) and be resumed from the bytes it already
+	// gave before the read fails. The count starts again once bytes flow.
+	Retries int
+	// StallTimeout drops a response that gives no byte for this long, so
+	// that it is resumed; 0 waits for ever.
+	StallTimeout time.Duration
+	// RetryWait is the first wait before a retry; it doubles on each
+	// failure in a row, up to 10 s. Default 250 ms.
+	RetryWait time.Duration
+	// OnRetry, when set, is told of each failure that is about to be
+	// retried, with the offset the retry resumes from.
+	OnRetry func(offset int64, err error)
+}
+
+const maxRetryWait = 10 * time.Second
+
+// Object is one version of an HTTP resource.
+type Object struct {
+	client  *http.Client
+	url     string      // as given
+	header  http.Header // sent only to url's origin
+	display string      // url without credentials, for errors
+
+	size      int64  // -1 when unknown
+	ranged    bool   // the server answered a Range request with 206
+	validator string // If-Range value: a strong ETag or Last-Modified; "" none
+	etag      string
+	modified  string
+
+	opts Options
+
+	mu     sync.Mutex
+	target string // where requests go: the URL the first GET ended at
+}
+
+// Open sends a GET for rawURL with header (which is sent to rawURL's origin
+// only, never to another host a redirect leads to) and returns the object
+// and the response; transient failures are retried as opts says. With
+// opts.Connections > 1 the GET asks for the first ChunkSize bytes with a
+// Range header: a server that supports Range requests answers with just
+// those, and the object is Ranged; one that does not answers with the
+// whole body. display names the object in errors.
+func Open(ctx context.Context, client *http.Client, rawURL, display string, header http.Header, opts Options) (*Object, *http.Response, error) {
+	if opts.RetryWait <= 0 {
+		opts.RetryWait = 250 * time.Millisecond
+	}
+	o := &Object{client: client, url: rawURL, header: header, display: display, target: rawURL, size: -1, opts: opts}
+	probe := int64(0)
+	if opts.Connections > 1 && opts.ChunkSize > 0 {
+		probe = opts.ChunkSize
+	}
+	var retries retries
+	for {
+		resp, err := o.open(ctx, probe)
+		if err == nil || unreachable(err) || !retries.retry(ctx, &o.opts, 0, err) {
+			return o, resp, err
+		}
+	}
+}
+
+// unreachable tells whether err says the server could not be reached at
+// all (no such host, connection refused): on the first request that is
+// most likely a wrong URL, and fails at once rather than after retries.
+func unreachable(err error) bool {
+	var dnsErr *net.DNSError
+	var opErr *net.OpError
+	return errors.As(err, &dnsErr) || errors.As(err, &opErr) && opErr.Op == "dial"
+}
+
+func (o *Object) open(ctx context.Context, probe int64) (*http.Response, error) {
+	display := o.display
+	req, err := o.request(ctx, o.url)
+	if err != nil {
+		return nil, err
+	}
+	if probe > 0 {
+		req.Header.Set("Range", "bytes=0-"+strconv.FormatInt(probe-1, 10))
+	}
+	resp, err := o.client.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("GET %s: %w", display, unwrapURLError(err))
+	}
+	o.etag, o.modified = resp.Header.Get("ETag"), resp.Header.Get("Last-Modified")
+	if !strings.HasPrefix(o.etag, "W/") && o.etag != "" {
+		o.validator = o.etag
+	} else {
+		o.validator = o.modified
+	}
+	switch resp.StatusCode {
+	case http.StatusOK:
+		o.size = resp.ContentLength
+		// Without a probe, trust Accept-Ranges; every Range answer is
+		// checked anyway.
+		o.ranged = probe == 0 && o.size > 0 && resp.Header.Get("Accept-Ranges") == "bytes"
+	case http.StatusPartialContent:
+		start, end, total, ok := parseContentRange(resp.Header.Get("Content-Range"))
+		if !ok || start != 0 || end >= probe || total <= end || resp.ContentLength >= 0 && resp.ContentLength != end+1 {
+			resp.Body.Close()
+			return nil, fmt.Errorf("GET %s: %w: asked for bytes=0-%d, got Content-Range %q",
+				display, ErrBadRange, probe-1, resp.Header.Get("Content-Range"))
+		}
+		o.size, o.ranged = total, true
+	default:
+		resp.Body.Close()
+		return nil, fmt.Errorf("GET %s: %w", display, statusError(resp))
+	}
+	o.target = resp.Request.URL.String()
+	return resp, nil
+}
+
+// Size is the object's length, or -1 when the server did not say.
+func (o *Object) Size() int64 { return o.size }
+
+// Ranged tells whether the server answered a Range request with 206.
+func (o *Object) Ranged() bool { return o.ranged }
+
+// Resumable tells whether a read of this object can be resumed, or split
+// into Range requests, without risk of mixing two versions: the server
+// answers Range requests, and the object has a length and a validator
+// (a strong ETag or Last-Modified) for If-Range.
+func (o *Object) Resumable() bool { return o.ranged && o.size > 0 && o.validator != "" }
+
+// Redirected tells whether the first GET was redirected; requests go
+// straight to where it ended.
+func (o *Object) Redirected() bool {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.target != o.url
+}
+
+func (o *Object) request(ctx context.Context, target string) (*http.Request, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, target, nil)
+	if err != nil {
+		return nil, fmt.Errorf("GET %s: %w", o.display, err)
+	}
+	if sameOrigin(req.URL, o.url) {
+		for k, v := range o.header {
+			req.Header[k] = v
+		}
+	}
+	return req, nil
+}
+
+// get requests bytes [start, end) of the object and checks the answer is
+// exactly those bytes of the version first seen. An object that is not
+// Ranged can only be read whole.
+func (o *Object) get(ctx context.Context, start, end int64) (io.ReadCloser, error) {
+	o.mu.Lock()
+	target := o.target
+	o.mu.Unlock()
+	resp, err := o.getFrom(ctx, target, start, end)
+	var se *StatusError
+	if target != o.url && errors.As(err, &se) && (se.Code == http.StatusForbidden || se.Code == http.StatusBadRequest) {
+		// A presigned URL expired: ask the origin again where to go.
+		resp, err = o.getFrom(ctx, o.url, start, end)
+	}
+	if err != nil {
+		return nil, err
+	}
+	if t := resp.Request.URL.String(); t != target {
+		o.mu.Lock()
+		o.target = t
+		o.mu.Unlock()
+	}
+	return newWatchedBody(resp.Body, o.opts.StallTimeout), nil
+}
+
+func (o *Object) getFrom(ctx context.Context, target string, start, end int64) (*http.Response, error) {
+	req, err := o.request(ctx, target)
+	if err != nil {
+		return nil, err
+	}
+	if o.ranged {
+		req.Header.Set("Range", fmt.Sprintf("bytes=%d-%d", start, end-1))
+		if o.validator != "" {
+			req.Header.Set("If-Range", o.validator)
+		}
+	} else if start != 0 || end != o.size {
+		return nil, fmt.Errorf("%s does not answer Range requests: it can only be read whole", o.display)
+	}
+	resp, err := o.client.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("GET %s: %w", o.display, unwrapURLError(err))
+	}
+	fail := func(err error) (*http.Response, error) {
+		resp.Body.Close()
+		return nil, fmt.Errorf("GET %s bytes %d-%d: %w", o.display, start, end-1, err)
+	}
+	switch {
+	case o.ranged && resp.StatusCode == http.StatusOK:
+		return fail(fmt.Errorf("%w: a Range request with If-Range %s was answered with the whole object, now ETag %s, Last-Modified %s",
+			ErrChanged, o.validator, orNone(resp.Header.Get("ETag")), orNone(resp.Header.Get("Last-Modified"))))
+	case o.ranged && resp.StatusCode == http.StatusRequestedRangeNotSatisfiable:
+		return fail(fmt.Errorf("%w: it is now shorter than %d bytes (416)", ErrChanged, end))
+	case o.ranged && resp.StatusCode == http.StatusPartialContent:
+		s, e, total, ok := parseContentRange(resp.Header.Get("Content-Range"))
+		if ok && total != o.size {
+			return fail(fmt.Errorf("%w: it was %d bytes and is now %d", ErrChanged, o.size, total))
+		}
+		if !ok || s != start || e != end-1 {
+			return fail(fmt.Errorf("%w: got Content-Range %q", ErrBadRange, resp.Header.Get("Content-Range")))
+		}
+	case !o.ranged && resp.StatusCode == http.StatusOK:
+		if resp.ContentLength != o.size || resp.Header.Get("ETag") != o.etag || resp.Header.Get("Last-Modified") != o.modified {
+			return fail(fmt.Errorf("%w: was %d bytes, ETag %s, Last-Modified %s; now %d bytes, ETag %s, Last-Modified %s", ErrChanged,
+				o.size, orNone(o.etag), orNone(o.modified), resp.ContentLength, orNone(resp.Header.Get("ETag")), orNone(resp.Header.Get("Last-Modified"))))
+		}
+	default:
+		return fail(statusError(resp))
+	}
+	return resp, nil
+}
+
+// NewReader returns the object's bytes in order. first is the response
+// Open returned, whose bytes it starts with, or nil to start with a
+// request of its own (a second read of the object). With
+// Options.Connections > 1 and a Resumable object, the rest is read with
+// bounded Range requests on that many connections, using at most
+// Connections × ChunkSize bytes of buffers; otherwise it is one stream,
+// resumed with a Range request when it fails and the object is Resumable.
+// Close stops every request.
+func (o *Object) NewReader(ctx context.Context, first *http.Response) io.ReadCloser {
+	opts := &o.opts
+	ctx, cancel := context.WithCancel(ctx)
+	var body io.ReadCloser
+	var firstEnd int64
+	if first != nil {
+		body, firstEnd = newWatchedBody(first.Body, o.opts.StallTimeout), o.size
+		if first.StatusCode == http.StatusPartialContent {
+			_, end, _, _ := parseContentRange(first.Header.Get("Content-Range"))
+			firstEnd = end + 1
+		}
+	}
+	if opts.Connections > 1 && opts.ChunkSize > 0 && o.Resumable() && o.size > firstEnd {
+		return newParallelReader(ctx, cancel, o, body, firstEnd)
+	}
+	return &streamReader{ctx: ctx, cancel: cancel, o: o, body: body, bodyEnd: firstEnd}
+}
+
+// streamReader reads the object as one stream: the first response, then,
+// when that was a bounded range or it failed, one Range request for the
+// rest.
+type streamReader struct {
+	ctx     context.Context
+	cancel  context.CancelFunc
+	o       *Object
+	body    io.ReadCloser
+	bodyEnd int64 // where body ends
+	off     int64
+	eof     bool
+	retries retries
+}
+
+func (r *streamReader) Read(p []byte) (int, error) {
+	for {
+		if r.eof {
+			return 0, io.EOF
+		}
+		if r.body == nil {
+			if r.o.size >= 0 && r.off >= r.o.size {
+				r.eof = true
+				return 0, io.EOF
+			}
+			end := r.o.size
+			b, err := r.o.get(r.ctx, r.off, end)
+			if err != nil {
+				if (r.off == 0 || r.o.Resumable()) && r.retry(err) {
+					continue
+				}
+				return 0, err
+			}
+			r.body, r.bodyEnd = b, end
+		}
+		n, err := r.body.Read(p)
+		r.off += int64(n)
+		r.retries.progress(n)
+		switch {
+		case err == nil:
+			return n, nil
+		case err == io.EOF && r.off == r.bodyEnd, err == io.EOF && r.o.size < 0:
+			r.body.Close()
+			r.body = nil
+			if r.o.size >= 0 && r.off < r.o.size {
+				return n, nil // the first response was a bounded range
+			}
+			r.eof = true
+			return n, io.EOF
+		case err == io.EOF:
+			err = io.ErrUnexpectedEOF
+		}
+		err = fmt.Errorf("GET %s: at byte %d of %d: %w", r.o.display, r.off, r.o.size, err)
+		r.body.Close()
+		r.body = nil
+		if !r.o.Resumable() || !r.retry(err) {
+			return n, err
+		}
+		if n > 0 {
+			return n, nil
+		}
+	}
+}
+
+// retry waits before the next attempt after err, or says not to retry.
+func (r *streamReader) retry(err error) bool {
+	return r.retries.retry(r.ctx, &r.o.opts, r.off, err)
+}
+
+func (r *streamReader) Close() error {
+	r.cancel()
+	if r.body != nil {
+		return r.body.Close()
+	}
+	return nil
+}
+
+// fill reads bytes [start, start+len(buf)) of the object into buf, from
+// body first when it is not nil, resuming after failures; it calls
+// progress with the count of bytes in buf after each read.
+func (o *Object) fill(ctx context.Context, start int64, buf []byte, body io.ReadCloser, progress func(filled int)) error {
+	filled := 0
+	var retries retries
+	defer func() {
+		if body != nil {
+			body.Close()
+		}
+	}()
+	for filled < len(buf) {
+		if body == nil {
+			b, err := o.get(ctx, start+int64(filled), start+int64(len(buf)))
+			if err != nil {
+				if retries.retry(ctx, &o.opts, start+int64(filled), err) {
+					continue
+				}
+				return err
+			}
+			body = b
+		}
+		n, err := body.Read(buf[filled:])
+		retries.progress(n)
+		if n > 0 {
+			filled += n
+			if progress != nil {
+				progress(filled)
+			}
+		}
+		if filled == len(buf) {
+			break
+		}
+		switch {
+		case err == nil:
+			continue
+		case err == io.EOF:
+			err = io.ErrUnexpectedEOF
+		}
+		err = fmt.Errorf("GET %s bytes %d-%d: at byte %d: %w", o.display, start, start+int64(len(buf))-1, start+int64(filled), err)
+		body.Close()
+		body = nil
+		if !retries.retry(ctx, &o.opts, start+int64(filled), err) {
+			return err
+		}
+	}
+	return nil
+}
+
+// resetAfter is how many bytes one read must give after a failure for the
+// count of failures in a row to start again: a server that drops every
+// connection after a few bytes still fails the read.
+const resetAfter = 1 << 20
+
+// retries counts the failures in a row of one read.
+type retries struct {
+	failures int
+	since    int64 // bytes read since the last failure
+}
+
+func (r *retries) progress(n int) {
+	r.since += int64(n)
+	if r.since >= resetAfter {
+		r.failures = 0
+	}
+}
+
+// retry decides whether a failed request or read is tried again and waits
+// before it: transient failures are, Retries times in a row, with a
+// doubling wait (or what Retry-After asks, up to a minute).
+func (r *retries) retry(ctx context.Context, opts *Options, offset int64, err error) bool {
+	if ctx.Err() != nil || !Transient(err) || r.failures >= opts.Retries {
+		return false
+	}
+	wait := opts.RetryWait << r.failures
+	if wait > maxRetryWait || wait <= 0 {
+		wait = maxRetryWait
+	}
+	var se *StatusError
+	if errors.As(err, &se) && se.RetryAfter > 0 {
+		wait = min(se.RetryAfter, time.Minute)
+	}
+	r.failures++
+	r.since = 0
+	if opts.OnRetry != nil {
+		opts.OnRetry(offset, err)
+	}
+	t := time.NewTimer(wait)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+// Transient tells whether err may go away on a retry: a dropped, stalled
+// or short response, wrong bytes for a range, or an answer of 408, 429 or
+// 5xx. A changed object, another 4xx, or a cancelled context is final.
+func Transient(err error) bool {
+	var se *StatusError
+	switch {
+	case errors.Is(err, ErrChanged), errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
+		return false
+	case errors.As(err, &se):
+		return se.Code == http.StatusRequestTimeout || se.Code == http.StatusTooManyRequests || se.Code >= 500
+	}
+	return !errors.Is(err, ErrRedirect)
+}
+
+func statusError(resp *http.Response) *StatusError {
+	e := &StatusError{Code: resp.StatusCode, Status: resp.Status}
+	if s, err := strconv.Atoi(resp.Header.Get("Retry-After")); err == nil && s > 0 {
+		e.RetryAfter = time.Duration(s) * time.Second
+	} else if t, err := http.ParseTime(resp.Header.Get("Retry-After")); err == nil {
+		e.RetryAfter = time.Until(t)
+	}
+	return e
+}
+
+func orNone(s string) string {
+	if s == "" {
+		return "none"
+	}
+	return s
+}
+
+// parseContentRange parses "bytes START-END/TOTAL".
+func parseContentRange(s string) (start, end, total int64, ok bool) {
+	rest, found := strings.CutPrefix(s, "bytes ")
+	if !found {
+		return 0, 0, 0, false
+	}
+	r, t, found := strings.Cut(rest, "/")
+	if !found {
+		return 0, 0, 0, false
+	}
+	a, b, found := strings.Cut(r, "-")
+	if !found {
+		return 0, 0, 0, false
+	}
+	var err1, err2, err3 error
+	start, err1 = strconv.ParseInt(a, 10, 64)
+	end, err2 = strconv.ParseInt(b, 10, 64)
+	total, err3 = strconv.ParseInt(t, 10, 64)
+	if err1 != nil || err2 != nil || err3 != nil || start < 0 || end < start || total <= end {
+		return 0, 0, 0, false
+	}
+	return start, end, total, true
+}
+
+// sameOrigin tells whether u has the scheme, host and port of raw.
+func sameOrigin(u *url.URL, raw string) bool {
+	o, err := url.Parse(raw)
+	return err == nil && origin(u) == origin(o)
+}
+
+func origin(u *url.URL) string {
+	port := u.Port()
+	if port == "" {
+		switch u.Scheme {
+		case "http":
+			port = "80"
+		case "https":
+			port = "443"
+		}
+	}
+	return strings.ToLower(u.Scheme) + "://" + strings.ToLower(u.Hostname()) + ":" + port
+}
+
+// CheckRedirect is the redirect policy for an http.Client that fetches
+// objects: at most 10 redirects, never from https to plain http, and no
+// credentials sent to another origin (scheme, host or port). Go's client
+// would forward Authorization to a subdomain; the distribution spec says
+// it must not cross hosts, and object stores refuse a presigned URL that
+// carries it.
+func CheckRedirect(req *http.Request, via []*http.Request) error {
+	if len(via) >= 10 {
+		return fmt.Errorf("%w: stopped after 10 redirects", ErrRedirect)
+	}
+	if via[0].URL.Scheme == "https" && req.URL.Scheme != "https" {
+		return fmt.Errorf("%w: from https to %s", ErrRedirect, req.URL.Scheme)
+	}
+	if origin(req.URL) != origin(via[0].URL) {
+		req.Header.Del("Authorization")
+		req.Header.Del("Cookie")
+	}
+	return nil
+}
+
+// unwrapURLError drops the *url.Error net/http wraps a failed request in:
+// its text holds the full URL, credentials and query included.
+func unwrapURLError(err error) error {
+	var uerr *url.Error
+	if errors.As(err, &uerr) {
+		return uerr.Err
+	}
+	return err
+}

@@ -1,0 +1,240 @@
+package fetch
+
+import (
+	"context"
+	"errors"
+	"io"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// parallelReader reads an object as bounded Range requests ("pieces") of
+// ChunkSize bytes, Connections at a time, each into its own buffer, and
+// hands the bytes out in order. A piece's buffer returns to the pool once
+// read, and only then may a piece further on start: at most Connections
+// buffers exist, and a slow piece at the head holds back the others
+// instead of letting them buffer without bound.
+type parallelReader struct {
+	ctx    context.Context
+	cancel context.CancelFunc
+	o      *Object
+
+	order chan *piece // pieces in object order, as they are started
+	free  chan []byte // buffers for pieces; nil until first used
+	wg    sync.WaitGroup
+	fatal atomic.Pointer[error]
+
+	cur *piece // being read by the consumer
+	off int    // consumer position in cur
+
+	mu      sync.Mutex
+	ready   sync.Cond
+	waiting *piece // the piece the consumer waits on, or nil
+	until   int    // the consumer waits until waiting.filled reaches this
+}
+
+// wakeBatch is how many bytes a waiting consumer lets arrive before it is
+// woken, when it asked for that many: a wake-up per socket read would cost
+// more CPU than the copy.
+const wakeBatch = 512 << 10
+
+// piece is one Range request and the buffer it fills.
+type piece struct {
+	start int64
+	buf   []byte
+	// guarded by parallelReader.mu:
+	filled int
+	err    error
+	done   bool
+}
+
+func newParallelReader(ctx context.Context, cancel context.CancelFunc, o *Object, first io.ReadCloser, firstEnd int64) *parallelReader {
+	n := o.opts.Connections
+	r := &parallelReader{
+		ctx: ctx, cancel: cancel, o: o,
+		order: make(chan *piece, n),
+		free:  make(chan []byte, n),
+	}
+	r.ready.L = &r.mu
+	for range n {
+		r.free <- nil
+	}
+	r.wg.Add(1)
+	go r.dispatch(first, firstEnd)
+	return r
+}
+
+// dispatch starts one goroutine per piece, in order, each when a buffer is
+// free. The first piece is what the first response covers, when there is
+// one.
+func (r *parallelReader) dispatch(first io.ReadCloser, firstEnd int64) {
+	defer r.wg.Done()
+	defer close(r.order)
+	chunk := r.o.opts.ChunkSize
+	for start := int64(0); start < r.o.size; {
+		length := min(chunk, r.o.size-start)
+		body := io.ReadCloser(nil)
+		if start == 0 && first != nil {
+			length, body = firstEnd, first
+		}
+		var buf []byte
+		select {
+		case buf = <-r.free:
+		case <-r.ctx.Done():
+			if body != nil {
+				body.Close()
+			}
+			return
+		}
+		if int64(cap(buf)) < max(length, chunk) {
+			buf = make([]byte, max(length, chunk))
+		}
+		p := &piece{start: start, buf: buf[:length]}
+		r.order <- p // never blocks: a piece holds one of Connections buffers
+		r.wg.Add(1)
+		go r.fetch(p, body)
+		start += length
+	}
+}
+
+func (r *parallelReader) fetch(p *piece, body io.ReadCloser) {
+	defer r.wg.Done()
+	err := r.o.fill(r.ctx, p.start, p.buf, body, func(filled int) {
+		r.mu.Lock()
+		p.filled = filled
+		if r.waiting == p && filled >= r.until {
+			r.ready.Signal()
+		}
+		r.mu.Unlock()
+	})
+	if err != nil && r.ctx.Err() == nil {
+		// The read fails here, whichever piece the consumer is on:
+		// stop the others now rather than after they finish.
+		r.fatal.CompareAndSwap(nil, &err)
+		r.cancel()
+	}
+	r.mu.Lock()
+	p.done, p.err = true, err
+	r.ready.Broadcast()
+	r.mu.Unlock()
+}
+
+func (r *parallelReader) Read(b []byte) (int, error) {
+	if r.cur == nil {
+		p, ok := <-r.order
+		if !ok {
+			if err := r.fatal.Load(); err != nil {
+				return 0, *err
+			}
+			if err := r.ctx.Err(); err != nil {
+				return 0, err
+			}
+			return 0, io.EOF
+		}
+		r.cur, r.off = p, 0
+	}
+	p := r.cur
+	r.mu.Lock()
+	if p.filled == r.off && !p.done {
+		r.waiting, r.until = p, r.off+min(len(b), wakeBatch, len(p.buf)-r.off)
+		for p.filled < r.until && !p.done {
+			r.ready.Wait()
+		}
+		r.waiting = nil
+	}
+	filled, err := p.filled, p.err
+	r.mu.Unlock()
+	if filled > r.off {
+		n := copy(b, p.buf[r.off:filled])
+		r.off += n
+		if r.off == len(p.buf) {
+			r.free <- p.buf // never blocks: it was taken from there
+			r.cur = nil
+		}
+		return n, nil
+	}
+	if fatal := r.fatal.Load(); fatal != nil {
+		err = *fatal
+	}
+	if err == nil {
+		err = errors.New("piece ended without its bytes") // unreachable: fill returns an error
+	}
+	return 0, err
+}
+
+// Close stops every request and waits for them to end.
+func (r *parallelReader) Close() error {
+	r.cancel()
+	// Unblock a dispatcher waiting for a buffer: the pieces are dropped.
+	go func() {
+		for range r.order {
+		}
+	}()
+	r.wg.Wait()
+	return nil
+}
+
+// watchedBody is a response body whose Read fails with ErrStalled when no
+// byte arrived for a stall timeout. The timer closes the body, which
+// unblocks a Read waiting on the connection.
+type watchedBody struct {
+	rc      io.ReadCloser
+	timeout time.Duration
+	timer   *time.Timer
+	stalled atomic.Bool
+}
+
+func newWatchedBody(rc io.ReadCloser, timeout time.Duration) io.ReadCloser {
+	if timeout <= 0 {
+		return rc
+	}
+	w := &watchedBody{rc: rc, timeout: timeout}
+	w.timer = time.AfterFunc(timeout, func() {
+		w.stalled.Store(true)
+		rc.Close()
+	})
+	return w
+}
+
+func (w *watchedBody) Read(p []byte) (int, error) {
+	n, err := w.rc.Read(p)
+	if w.stalled.Load() {
+		return n, ErrStalled
+	}
+	if n > 0 {
+		w.timer.Reset(w.timeout)
+	}
+	return n, err
+}
+
+func (w *watchedBody) Close() error {
+	w.timer.Stop()
+	return w.rc.Close()
+}
+
+// ReaderAt returns random access to the object's bytes through bounded
+// Range requests, resumed after failures as Options says. The object must
+// be Ranged.
+func (o *Object) ReaderAt(ctx context.Context) io.ReaderAt {
+	return readerAt{ctx, o}
+}
+
+type readerAt struct {
+	ctx context.Context
+	o   *Object
+}
+
+func (r readerAt) ReadAt(p []byte, off int64) (int, error) {
+	if off < 0 || off >= r.o.size {
+		return 0, io.EOF
+	}
+	n := min(int64(len(p)), r.o.size-off)
+	if err := r.o.fill(r.ctx, off, p[:n], nil, nil); err != nil {
+		return 0, err
+	}
+	if n < int64(len(p)) {
+		return int(n), io.EOF
+	}
+	return int(n), nil
+}
