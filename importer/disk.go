@@ -76,7 +76,7 @@ func openDisk(ctx context.Context, s *settings, src *source, rc io.ReadCloser, p
 	// compressed or converted; then it is computed on its own.
 	converting := s.ConvertRaw && (d.compression != detect.None || detect.FormatOf(head) == detect.QCOW2)
 	if d.compression != detect.None || converting {
-		sums.hashDownload()
+		sums.transformed()
 	}
 	// The bytes peeked are still in the buffer: the sums see them all.
 	downloaded := sums.reader(buffered)

@@ -213,6 +213,14 @@ func TestBadDisks(t *testing.T) {
 			}},
 		{name: "sha256 of the decompressed disk given for a gz", body: gz, serve: plainServer, want: importer.ErrChecksumMismatch, reason: "ChecksumMismatch",
 			modify: func(o *importer.Options) { o.Checksums = []importer.Checksum{{Algorithm: "sha256", Hex: sum}} }},
+		{name: "sha256 mismatch without DiskSHA256", body: raw, serve: rangeServer, want: importer.ErrChecksumMismatch, reason: "ChecksumMismatch",
+			modify: func(o *importer.Options) {
+				o.DiskSHA256, o.Checksums = false, []importer.Checksum{{Algorithm: "sha256", Hex: wrong}}
+			}},
+		{name: "sha256 of the decompressed disk given for a gz, without DiskSHA256", body: gz, serve: plainServer, want: importer.ErrChecksumMismatch, reason: "ChecksumMismatch",
+			modify: func(o *importer.Options) {
+				o.DiskSHA256, o.Checksums = false, []importer.Checksum{{Algorithm: "sha256", Hex: sum}}
+			}},
 		{name: "over --max-size, known size", body: raw, serve: rangeServer, want: importer.ErrTooLarge, reason: "TooLarge",
 			modify: func(o *importer.Options) { o.MaxSize = 1000 }},
 		{name: "gzip bomb over --max-size", body: gz, serve: plainServer, want: importer.ErrTooLarge, reason: "TooLarge",
@@ -241,25 +249,37 @@ func TestBadDisks(t *testing.T) {
 	}
 }
 
-// TestGoodChecksums verifies several checksums at once, of a compressed
-// source as downloaded.
+// TestGoodChecksums verifies several checksums at once, of a plain and a
+// compressed source as downloaded, with and without DiskSHA256: the sha256
+// checked is the one reported.
 func TestGoodChecksums(t *testing.T) {
 	raw := diskBytes(t, 1<<20)
 	gz := compressed(t, detect.Gzip, raw, false)
 	for _, body := range [][]byte{raw, gz} {
-		reg := newTestRegistry(t)
-		src := newTestSource(t, serveBytes(body, `"v1"`))
-		o := baseOptions(reg, src.url)
-		o.ScratchDir = t.TempDir()
-		for _, s := range []string{fmt.Sprintf("sha256:%x", sha256.Sum256(body)), fmt.Sprintf("MD5:%X", md5.Sum(body))} {
-			c, err := importer.ParseChecksum(s)
+		for _, diskSHA256 := range []bool{true, false} {
+			reg := newTestRegistry(t)
+			src := newTestSource(t, serveBytes(body, `"v1"`))
+			o := baseOptions(reg, src.url)
+			o.ScratchDir = t.TempDir()
+			o.DiskSHA256 = diskSHA256
+			wantSHA := fmt.Sprintf("sha256:%x", sha256.Sum256(body))
+			for _, s := range []string{wantSHA, fmt.Sprintf("MD5:%X", md5.Sum(body))} {
+				c, err := importer.ParseChecksum(s)
+				if err != nil {
+					t.Fatal(err)
+				}
+				o.Checksums = append(o.Checksums, c)
+			}
+			res, err := importer.Run(testContext(t), o)
 			if err != nil {
 				t.Fatal(err)
 			}
-			o.Checksums = append(o.Checksums, c)
-		}
-		if _, err := importer.Run(testContext(t), o); err != nil {
-			t.Fatal(err)
+			if res.SourceSHA256 != wantSHA {
+				t.Errorf("DiskSHA256 %v: source sha256 %q, want %q", diskSHA256, res.SourceSHA256, wantSHA)
+			}
+			if wantDisk := fmt.Sprintf("sha256:%x", sha256.Sum256(raw)); diskSHA256 && res.DiskSHA256 != wantDisk {
+				t.Errorf("disk sha256 %q, want %q", res.DiskSHA256, wantDisk)
+			}
 		}
 	}
 }

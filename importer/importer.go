@@ -39,7 +39,9 @@ type Result struct {
 	// Source is the source with credentials and query string removed.
 	Source string `json:"source"`
 	// SourceSHA256 is the sha256 of the source bytes as downloaded; empty
-	// when a qcow2 was converted through Range reads and never read whole.
+	// unless Options.DiskSHA256 was set or an expected sha256 needed it,
+	// and when a qcow2 was converted through Range reads and never read
+	// whole.
 	SourceSHA256 string `json:"source_sha256,omitempty"`
 	// Compression is the compression stripped from the source: none,
 	// gzip, xz, zstd or bzip2.
@@ -50,8 +52,9 @@ type Result struct {
 	SizeFrom string `json:"size_from"`
 	// DiskSHA256 is the sha256 of the disk as stored in the image (equal
 	// to SourceSHA256 when the source is neither compressed nor
-	// converted).
-	DiskSHA256 string `json:"disk_sha256"`
+	// converted); empty unless Options.DiskSHA256 was set or an expected
+	// sha256 of an uncompressed source made it known.
+	DiskSHA256 string `json:"disk_sha256,omitempty"`
 	// QCOW2 describes a qcow2 source; absent for other formats.
 	QCOW2   *QCOW2Info `json:"qcow2,omitempty"`
 	Seconds float64    `json:"seconds"`
@@ -133,7 +136,8 @@ func run(ctx context.Context, s *settings, log *slog.Logger, prog *tracker) (*Re
 	}
 	registry := s.ref.RegistryStr()
 	pusher, err := remote.NewPusher(remote.WithContext(ctx), remote.WithTransport(rt),
-		remote.WithAuthFromKeychain(s.Keychain), remote.WithRetryPredicate(retryable))
+		remote.WithAuthFromKeychain(s.Keychain), remote.WithRetryPredicate(retryable),
+		remote.WithRetryBackoff(remote.Backoff{Duration: time.Second, Factor: 3, Jitter: 0.1, Steps: s.Retries + 1, Cap: time.Minute}))
 	if err != nil {
 		return nil, err
 	}
@@ -147,7 +151,7 @@ func run(ctx context.Context, s *settings, log *slog.Logger, prog *tracker) (*Re
 		return nil, err
 	}
 	log = log.With("source", src.display)
-	sums := newSourceSums(src, s.Checksums)
+	sums := newSourceSums(src, s.Checksums, s.DiskSHA256)
 	d, err := openDisk(ctx, s, src, rc, prog, sums)
 	if err != nil {
 		return nil, err
@@ -160,10 +164,14 @@ func run(ctx context.Context, s *settings, log *slog.Logger, prog *tracker) (*Re
 	log.Info("importing", "format", d.format, "compression", d.compression, "size", d.size, "size_from", d.sizeFrom)
 
 	prog.enter(PhasePushing, d.size)
-	l, err := layer.New(io.NopCloser(countingReader{d.r, &prog.bytes}), d.size,
+	layerOpts := []layer.Option{
 		layer.WithDiskName(diskName),
 		layer.WithMediaType(layerMediaType(s.DockerMediaTypes)),
-		layer.WithContentDigest(sums.recordDisk),
+	}
+	if sums.hashDisk() {
+		layerOpts = append(layerOpts, layer.WithContentDigest(sums.recordDisk))
+	}
+	l, err := layer.New(io.NopCloser(countingReader{d.r, &prog.bytes}), d.size, append(layerOpts,
 		layer.WithReopen(func() (io.ReadCloser, error) {
 			log.Warn("reading the disk again for an upload retry")
 			rc, err := d.reopen(ctx)
@@ -172,7 +180,7 @@ func run(ctx context.Context, s *settings, log *slog.Logger, prog *tracker) (*Re
 			}
 			prog.bytes.Store(0)
 			return readCloser{countingReader{rc, &prog.bytes}, rc}, nil
-		}),
+		}))...,
 	)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrInvalidOptions, err)

@@ -107,6 +107,7 @@ func TestRunImports(t *testing.T) {
 		docker           bool
 		gets             int64 // GETs of the http source; 0 for files
 		http2            bool
+		noSHA256         bool
 	}
 	type testCase struct {
 		name string
@@ -185,6 +186,30 @@ func TestRunImports(t *testing.T) {
 			opts:     func(o *importer.Options) { o.Username, o.Password = user, pass },
 			pullAuth: &authn.Basic{Username: user, Password: pass},
 			want:     want{format: "raw", diskPath: "disk/disk.img", os: "linux", arch: "amd64", gets: 1},
+		},
+		{
+			name:   "without DiskSHA256 no sha256 is computed",
+			size:   1 << 20,
+			source: "http",
+			opts:   func(o *importer.Options) { o.DiskSHA256 = false },
+			want:   want{format: "raw", diskPath: "disk/disk.img", os: "linux", arch: "amd64", gets: 1, noSHA256: true},
+		},
+		{
+			name:   "http source in 64 KiB pieces, 4 at a time",
+			size:   1<<20 + 5,
+			source: "http",
+			opts:   func(o *importer.Options) { o.Connections, o.ChunkSize = 4, 64<<10 },
+			want:   want{format: "raw", diskPath: "disk/disk.img", os: "linux", arch: "amd64", gets: 17},
+		},
+		{
+			name:   "307 on the first PATCH re-reads the source in pieces",
+			size:   1 << 20,
+			source: "http",
+			regOpts: func(p *patchRedirect) []registryOption {
+				return []registryOption{withMiddleware(p.middleware)}
+			},
+			opts: func(o *importer.Options) { o.Connections, o.ChunkSize = 2, 256<<10 },
+			want: want{format: "raw", diskPath: "disk/disk.img", os: "linux", arch: "amd64", gets: 8},
 		},
 		{
 			name:   "307 on the first PATCH re-reads the source",
@@ -277,6 +302,7 @@ func TestRunImports(t *testing.T) {
 				os:       tc.want.os,
 				arch:     tc.want.arch,
 				docker:   tc.want.docker,
+				noSHA256: tc.want.noSHA256,
 				auth:     pullAuth,
 			})
 		})
@@ -286,7 +312,9 @@ func TestRunImports(t *testing.T) {
 type checkWant struct {
 	source, format, diskPath, os, arch string
 	docker                             bool
-	auth                               authn.Authenticator
+	// noSHA256: the import was not asked for the disk's sha256.
+	noSHA256 bool
+	auth     authn.Authenticator
 }
 
 // checkImport pulls the image Run reported back from reg and checks it
@@ -294,6 +322,9 @@ type checkWant struct {
 func checkImport(t *testing.T, reg *testRegistry, res *importer.Result, data []byte, want checkWant) {
 	t.Helper()
 	wantSHA := "sha256:" + sha256Hex(data)
+	if want.noSHA256 {
+		wantSHA = ""
+	}
 
 	// The result.
 	if res.Destination != reg.destination() {
@@ -389,6 +420,10 @@ func checkImport(t *testing.T, reg *testRegistry, res *importer.Result, data []b
 		importer.AnnotationSourceCompression: res.Compression,
 		importer.AnnotationDiskSHA256:        res.DiskSHA256,
 	}
+	// An empty value is an annotation not written.
+	empty := func(_, v string) bool { return v == "" }
+	maps.DeleteFunc(wantAnnotations, empty)
+	maps.DeleteFunc(resultAnnotations, empty)
 	if !maps.Equal(resultAnnotations, wantAnnotations) {
 		t.Errorf("Result as annotations = %v, want %v", resultAnnotations, wantAnnotations)
 	}
@@ -629,7 +664,14 @@ func TestRunFailures(t *testing.T) {
 			wantMsg: []string{"403", "$SOURCE"}, sourceRequests: 1,
 		},
 		{
-			name: "source 500", handler: status(http.StatusInternalServerError),
+			name: "source 500, retried once", handler: status(http.StatusInternalServerError),
+			opts:    func(o *importer.Options, _ *testRegistry) { o.Retries = 1 },
+			wantErr: importer.ErrSourceUnavailable, wantReason: "SourceUnavailable",
+			wantMsg: []string{"500", "$SOURCE"}, sourceRequests: 2,
+		},
+		{
+			name: "source 500, no retries", handler: status(http.StatusInternalServerError),
+			opts:    func(o *importer.Options, _ *testRegistry) { o.Retries = -1 },
 			wantErr: importer.ErrSourceUnavailable, wantReason: "SourceUnavailable",
 			wantMsg: []string{"500", "$SOURCE"}, sourceRequests: 1,
 		},

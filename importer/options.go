@@ -35,6 +35,27 @@ type Options struct {
 	// https:// source. False: verify.
 	SourceInsecureSkipVerify bool
 
+	// Connections is how many Range requests read an http(s) source at
+	// once, when it answers them and has a length and an ETag or
+	// Last-Modified; 1 reads one stream. Memory for reassembly is
+	// Connections × ChunkSize. Zero: DefaultConnections.
+	Connections int
+
+	// ChunkSize is the length of each Range request. Zero:
+	// DefaultChunkSize.
+	ChunkSize int64
+
+	// Retries is how many failures in a row (a dropped or stalled
+	// connection, a 5xx, 408 or 429 answer) reading the source, or
+	// uploading to the registry, are retried before the import fails; a
+	// source read resumes where it stopped. Zero: DefaultRetries;
+	// negative: none.
+	Retries int
+
+	// StallTimeout drops a source response that gives no byte for this
+	// long, and resumes it. Zero: DefaultStallTimeout; negative: never.
+	StallTimeout time.Duration
+
 	// RegistryTLS configures the registry connection, which is always
 	// pinned to AES-GCM. Zero: system roots, TLS 1.2.
 	RegistryTLS tlsconfig.Options
@@ -76,6 +97,14 @@ type Options struct {
 	// verified before the tag is written. Empty: none.
 	Checksums []Checksum
 
+	// DiskSHA256 computes the sha256 of the disk, and of the download when
+	// it differs (a compressed or converted source), for the result and
+	// the image's annotations. It costs a second sha256 pass over the
+	// bytes, about as much CPU as the rest of the import: the layer digest
+	// already identifies the disk. False: computed only when an expected
+	// sha256 checksum needs it.
+	DiskSHA256 bool
+
 	// MaxSize is the largest disk accepted, in bytes, after decompression;
 	// enforced while streaming. Zero: 2 TiB.
 	MaxSize int64
@@ -111,6 +140,14 @@ type Options struct {
 	// byte path.
 	OnProgress func(Progress)
 }
+
+// Defaults of the Options fields whose zero value means "the default".
+const (
+	DefaultConnections  = 4
+	DefaultChunkSize    = 8 << 20
+	DefaultRetries      = 5
+	DefaultStallTimeout = 60 * time.Second
+)
 
 // settings are Options after defaults and validation.
 type settings struct {
@@ -165,6 +202,30 @@ func (o Options) settings() (*settings, error) {
 	}
 	if s.MaxVirtualSize == 0 {
 		s.MaxVirtualSize = uint64(s.MaxSize)
+	}
+	switch {
+	case s.Connections < 0 || s.Connections > 64:
+		return nil, fmt.Errorf("%w: %d connections: want 1 to 64", ErrInvalidOptions, s.Connections)
+	case s.Connections == 0:
+		s.Connections = DefaultConnections
+	}
+	switch {
+	case s.ChunkSize < 0 || s.ChunkSize > 0 && s.ChunkSize < 64<<10 || s.ChunkSize > 1<<30:
+		return nil, fmt.Errorf("%w: chunk size %d: want 64 KiB to 1 GiB", ErrInvalidOptions, s.ChunkSize)
+	case s.ChunkSize == 0:
+		s.ChunkSize = DefaultChunkSize
+	}
+	switch {
+	case s.Retries < 0:
+		s.Retries = 0
+	case s.Retries == 0:
+		s.Retries = DefaultRetries
+	}
+	switch {
+	case s.StallTimeout < 0:
+		s.StallTimeout = 0
+	case s.StallTimeout == 0:
+		s.StallTimeout = DefaultStallTimeout
 	}
 	if s.ScratchDir == "" {
 		s.ScratchDir = os.TempDir()

@@ -31,13 +31,15 @@ func (d diskDescription) annotations() map[string]string {
 	a := map[string]string{
 		AnnotationSource:            d.source,
 		AnnotationSourceCompression: string(d.compression),
-		AnnotationDiskSHA256:        "sha256:" + d.diskSHA256,
 		AnnotationFormat:            string(d.format),
 		AnnotationSize:              strconv.FormatInt(d.size, 10),
 		AnnotationDiskPath:          d.path,
 	}
-	if d.sourceSHA256 != "" { // empty when converted through Range reads
+	if d.sourceSHA256 != "" { // see Result.SourceSHA256
 		a[AnnotationSourceSHA256] = "sha256:" + d.sourceSHA256
+	}
+	if d.diskSHA256 != "" {
+		a[AnnotationDiskSHA256] = "sha256:" + d.diskSHA256
 	}
 	if q := d.qcow2; q != nil {
 		a[AnnotationVirtualSize] = strconv.FormatUint(q.VirtualSize, 10)
@@ -101,7 +103,9 @@ func result(s *settings, img v1.Image, l *layer.Layer, d diskDescription) (*Resu
 		Source:         d.source,
 		Compression:    string(d.compression),
 		SizeFrom:       d.sizeFrom,
-		DiskSHA256:     "sha256:" + d.diskSHA256,
+	}
+	if d.diskSHA256 != "" {
+		res.DiskSHA256 = "sha256:" + d.diskSHA256
 	}
 	if d.sourceSHA256 != "" {
 		res.SourceSHA256 = "sha256:" + d.sourceSHA256

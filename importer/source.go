@@ -12,8 +12,9 @@ import (
 	"net/http"
 	"net/url"
 	"os"
-	"strings"
 	"time"
+
+	"github.com/diskimporter/diskimporter/importer/fetch"
 )
 
 // source is a disk image that can be opened from its first byte as often
@@ -90,89 +91,86 @@ func openFile(path string) (*source, io.ReadCloser, error) {
 	return src, f, nil
 }
 
-// httpValidator is what identifies one version of an HTTP resource.
-type httpValidator struct {
-	length       int64
-	etag         string
-	lastModified string
-}
-
-func validatorOf(resp *http.Response) httpValidator {
-	return httpValidator{resp.ContentLength, resp.Header.Get("ETag"), resp.Header.Get("Last-Modified")}
-}
-
 func openHTTP(ctx context.Context, o *settings, u *url.URL) (*source, io.ReadCloser, error) {
 	client, err := sourceClient(o)
 	if err != nil {
 		return nil, nil, err
 	}
 	display := Redact(u.String())
-	get := func(ctx context.Context) (*http.Response, error) {
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, u.String(), nil)
-		if err != nil {
-			return nil, fmt.Errorf("%w: %s: %w", ErrInvalidOptions, display, err)
-		}
-		resp, err := client.Do(req)
-		if err != nil {
-			return nil, fmt.Errorf("%w: GET %s: %w", ErrSourceUnavailable, display, redactErr(err, u))
-		}
-		if resp.StatusCode == http.StatusOK {
-			return resp, nil
-		}
-		resp.Body.Close()
-		class := ErrSourceUnavailable
-		switch resp.StatusCode {
-		case http.StatusNotFound, http.StatusGone:
-			class = ErrSourceNotFound
-		case http.StatusUnauthorized, http.StatusForbidden:
-			class = ErrSourceUnauthorized
-		}
-		return nil, fmt.Errorf("%w: GET %s answered %s", class, display, resp.Status)
-	}
-
-	resp, err := get(ctx)
-	if err != nil {
-		return nil, nil, err
-	}
-	first := validatorOf(resp)
-	src := &source{
-		display: display,
-		size:    first.length,
-		open: func(ctx context.Context) (io.ReadCloser, error) {
-			resp, err := get(ctx)
-			if err != nil {
-				return nil, err
-			}
-			if v := validatorOf(resp); v != first {
-				resp.Body.Close()
-				return nil, fmt.Errorf("%w: GET %s: was %+v, now %+v", ErrSourceChanged, display, first, v)
-			}
-			return resp.Body, nil
+	opts := fetch.Options{
+		Connections:  o.Connections,
+		ChunkSize:    o.ChunkSize,
+		Retries:      o.Retries,
+		StallTimeout: o.StallTimeout,
+		OnRetry: func(offset int64, err error) {
+			o.Logger.Warn("source read failed; resuming", "source", display, "offset", offset, "error", err)
 		},
 	}
-	if resp.Header.Get("Accept-Ranges") == "bytes" && first.length > 0 {
+	// With more than one connection, the first GET asks for the first
+	// piece only: a 206 says the rest can be read in parallel pieces.
+	obj, resp, err := fetch.Open(ctx, client, u.String(), display, nil, opts)
+	if err != nil {
+		return nil, nil, sourceError(err)
+	}
+	src := &source{
+		display: display,
+		size:    obj.Size(),
+		open: func(ctx context.Context) (io.ReadCloser, error) {
+			return sourceReader{obj.NewReader(ctx, nil)}, nil
+		},
+	}
+	if obj.Ranged() && obj.Size() > 0 {
 		src.readerAt = func(ctx context.Context) io.ReaderAt {
-			return &rangeReaderAt{ctx: ctx, client: client, url: u.String(), display: display, v: first}
+			return sourceReaderAt{obj.ReaderAt(ctx)}
 		}
 	}
-	return src, resp.Body, nil
+	return src, sourceReader{obj.NewReader(ctx, resp)}, nil
 }
 
-// redactErr replaces the full URL in err's text (net/http puts it there) by
-// its redacted form.
-func redactErr(err error, u *url.URL) error {
-	var uerr *url.Error
-	if errors.As(err, &uerr) {
-		uerr.URL = Redact(u.String())
+// sourceError classifies a failure to read an HTTP source.
+func sourceError(err error) error {
+	var se *fetch.StatusError
+	switch {
+	case err == nil, err == io.EOF:
+		return err
+	case errors.Is(err, fetch.ErrChanged):
+		return fmt.Errorf("%w: %w", ErrSourceChanged, err)
+	case errors.As(err, &se) && (se.Code == http.StatusNotFound || se.Code == http.StatusGone):
+		return fmt.Errorf("%w: %w", ErrSourceNotFound, err)
+	case errors.As(err, &se) && (se.Code == http.StatusUnauthorized || se.Code == http.StatusForbidden):
+		return fmt.Errorf("%w: %w", ErrSourceUnauthorized, err)
+	case errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
+		return err // classified by the reader of the source
 	}
-	return err
+	return fmt.Errorf("%w: %w", ErrSourceUnavailable, err)
+}
+
+// sourceReader classifies the read errors of an HTTP source.
+type sourceReader struct{ rc io.ReadCloser }
+
+func (r sourceReader) Read(p []byte) (int, error) {
+	n, err := r.rc.Read(p)
+	return n, sourceError(err)
+}
+
+func (r sourceReader) Close() error { return r.rc.Close() }
+
+// sourceReaderAt classifies the read errors of random access to an HTTP
+// source.
+type sourceReaderAt struct{ ra io.ReaderAt }
+
+func (r sourceReaderAt) ReadAt(p []byte, off int64) (int, error) {
+	n, err := r.ra.ReadAt(p, off)
+	return n, sourceError(err)
 }
 
 // sourceClient returns the HTTP client for the source: its own TLS settings
 // (not pinned: the source is read, not written, and the CPU cost is on the
 // server's side of the cipher choice just as much), proxies from the
-// environment, and no overall timeout, since a disk download takes as long
-// as it takes.
+// environment, HTTP/1.1 so that parallel Range requests get a TCP
+// connection each (HTTP/2 would put them all on one), and no overall
+// timeout, since a disk download takes as long as it takes: a stalled
+// response is caught by the stall timeout instead.
 func sourceClient(o *settings) (*http.Client, error) {
 	tc := &tls.Config{MinVersion: tls.VersionTLS12, InsecureSkipVerify: o.SourceInsecureSkipVerify}
 	if o.SourceCAFile != "" {
@@ -195,71 +193,18 @@ func sourceClient(o *settings) (*http.Client, error) {
 		TLSClientConfig:       tc,
 		TLSHandshakeTimeout:   30 * time.Second,
 		ResponseHeaderTimeout: 2 * time.Minute,
-		ReadBufferSize:        1 << 20,
+		MaxIdleConnsPerHost:   o.Connections + 1,
+		// Bodies are read in large pieces straight from the connection;
+		// the buffer only holds the headers.
+		ReadBufferSize: 64 << 10,
+		Protocols:      new(http.Protocols),
 		// Ask for the bytes as stored: a transparently decompressed body
 		// has no length and is not what the checksum was taken of.
 		DisableCompression: true,
 	}
+	t.Protocols.SetHTTP1(true)
 	return &http.Client{
-		Transport: t,
-		CheckRedirect: func(req *http.Request, via []*http.Request) error {
-			if len(via) >= 10 {
-				return errors.New("stopped after 10 redirects")
-			}
-			if via[0].URL.Scheme == "https" && req.URL.Scheme != "https" {
-				return fmt.Errorf("refusing redirect from https to %s", strings.ToUpper(req.URL.Scheme))
-			}
-			return nil
-		},
+		Transport:     t,
+		CheckRedirect: fetch.CheckRedirect,
 	}, nil
-}
-
-// rangeReaderAt reads a byte range of an HTTP source per ReadAt with one
-// bounded Range request, checking that the answer is exactly that range of
-// the same version of the resource.
-type rangeReaderAt struct {
-	ctx     context.Context
-	client  *http.Client
-	url     string
-	display string
-	v       httpValidator
-}
-
-func (r *rangeReaderAt) ReadAt(p []byte, off int64) (int, error) {
-	if off < 0 || off >= r.v.length {
-		return 0, io.EOF
-	}
-	end := min(off+int64(len(p)), r.v.length) // exclusive
-	req, err := http.NewRequestWithContext(r.ctx, http.MethodGet, r.url, nil)
-	if err != nil {
-		return 0, err
-	}
-	req.Header.Set("Range", fmt.Sprintf("bytes=%d-%d", off, end-1))
-	if r.v.etag != "" {
-		req.Header.Set("If-Range", r.v.etag)
-	} else if r.v.lastModified != "" {
-		req.Header.Set("If-Range", r.v.lastModified)
-	}
-	resp, err := r.client.Do(req)
-	if err != nil {
-		return 0, fmt.Errorf("%w: range GET %s: %w", ErrSourceUnavailable, r.display, err)
-	}
-	defer resp.Body.Close()
-	want := fmt.Sprintf("bytes %d-%d/%d", off, end-1, r.v.length)
-	switch {
-	case resp.StatusCode == http.StatusOK:
-		return 0, fmt.Errorf("%w: range GET %s answered 200 with the whole resource: it changed, or ignores Range", ErrSourceChanged, r.display)
-	case resp.StatusCode != http.StatusPartialContent:
-		return 0, fmt.Errorf("%w: range GET %s answered %s", ErrSourceUnavailable, r.display, resp.Status)
-	case resp.Header.Get("Content-Range") != want:
-		return 0, fmt.Errorf("%w: range GET %s answered Content-Range %q, want %q", ErrSourceChanged, r.display, resp.Header.Get("Content-Range"), want)
-	}
-	n, err := io.ReadFull(resp.Body, p[:end-off])
-	if err != nil {
-		return n, fmt.Errorf("%w: range GET %s: %w", ErrSourceUnavailable, r.display, err)
-	}
-	if end-off < int64(len(p)) {
-		return n, io.EOF
-	}
-	return n, nil
 }

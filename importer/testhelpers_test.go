@@ -289,7 +289,8 @@ func serveDisk(size int64) http.HandlerFunc {
 }
 
 // baseOptions returns options importing source into reg, trusting reg's
-// certificate, with anonymous credentials and no log output.
+// certificate, with anonymous credentials and no log output, computing the
+// disk's sha256 so that tests can check it.
 func baseOptions(reg *testRegistry, source string) importer.Options {
 	return importer.Options{
 		Source:      source,
@@ -297,6 +298,7 @@ func baseOptions(reg *testRegistry, source string) importer.Options {
 		RegistryTLS: tlsconfig.Options{CAFile: reg.caFile},
 		Keychain:    anonymousKeychain{},
 		Logger:      slog.New(slog.DiscardHandler),
+		DiskSHA256:  true,
 	}
 }
 

@@ -14,28 +14,38 @@ import (
 )
 
 // sourceSums checks the source bytes as downloaded: it counts them, hashes
-// them with what the expected checksums name (and sha256, for the
-// annotation, when the source is compressed), and classifies read errors.
-// Each read of the source (the first, and one per upload retry) gets fresh
-// hashes; the sums of the last read that reached the end are kept.
+// them with what the expected checksums name, and classifies read errors.
+// A sha256 costs about as much CPU as the rest of the import, so the
+// download's and the disk's sha256 are computed only when asked for (the
+// DiskSHA256 option) or needed (an expected sha256 checksum), and once:
+// when the disk is the download, the layer's hash of its content serves
+// both. Each read of the source (the first, and one per upload retry) gets
+// fresh hashes; the sums of the last read that reached the end are kept.
 type sourceSums struct {
-	display string
-	size    int64
-	want    []Checksum
-	count   *atomic.Int64 // nil: counted elsewhere
+	display    string
+	size       int64
+	want       []Checksum
+	wantSHA256 bool          // DiskSHA256 asked, or a sha256 checksum expected
+	diskSHA256 bool          // DiskSHA256 asked
+	count      *atomic.Int64 // nil: counted elsewhere
 
-	mu         sync.Mutex
-	withSHA256 bool
-	sha256     string // of the download, when withSHA256
-	disk       string // sha256 of the disk content, from the layer
-	verified   error  // outcome of the last complete read; errNotRead before
-	changed    bool   // two complete reads disagreed
+	mu          sync.Mutex
+	diskDiffers bool   // compressed or converted: the download is not the disk
+	sha256      string // of the download, when diskDiffers and wantSHA256
+	disk        string // sha256 of the disk content, from the layer
+	verified    error  // outcome of the last complete read; errNotRead before
+	changed     bool   // two complete reads disagreed
 }
 
 var errNotRead = errors.New("the source was not read to its end")
 
-func newSourceSums(src *source, want []Checksum) *sourceSums {
-	return &sourceSums{display: src.display, size: src.size, want: want, verified: errNotRead}
+func newSourceSums(src *source, want []Checksum, diskSHA256 bool) *sourceSums {
+	s := &sourceSums{display: src.display, size: src.size, want: want, diskSHA256: diskSHA256, verified: errNotRead}
+	s.wantSHA256 = diskSHA256
+	for _, w := range want {
+		s.wantSHA256 = s.wantSHA256 || w.Algorithm == "sha256"
+	}
+	return s
 }
 
 // skip is for a source that is not read in order (a qcow2 converted
@@ -44,15 +54,24 @@ func newSourceSums(src *source, want []Checksum) *sourceSums {
 func (s *sourceSums) skip() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.withSHA256, s.verified = true, nil
+	s.diskDiffers, s.wantSHA256, s.verified = true, false, nil
 }
 
-// hashDownload makes the following reads also compute the download's
-// sha256: needed when it differs from the disk's (a compressed source).
-func (s *sourceSums) hashDownload() {
+// transformed says the disk is not the download (it is decompressed or
+// converted): the download's sha256, when wanted, is computed on its own
+// by the following reads.
+func (s *sourceSums) transformed() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.withSHA256 = true
+	s.diskDiffers = true
+}
+
+// hashDisk tells whether the layer should compute the sha256 of the disk
+// content, and give it to recordDisk.
+func (s *sourceSums) hashDisk() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.diskSHA256 || s.wantSHA256 && !s.diskDiffers
 }
 
 // reader returns r metered, hashed and classified.
@@ -60,16 +79,28 @@ func (s *sourceSums) reader(r io.Reader) *meteredReader {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	m := &meteredReader{r: r, sums: s}
-	if s.withSHA256 {
+	if s.wantSHA256 && s.diskDiffers {
 		m.sha256 = sha256.New()
 	}
-	if len(s.want) > 0 {
-		m.check = newChecksummer(s.want)
+	if other := otherChecksums(s.want); len(other) > 0 {
+		m.check = newChecksummer(other)
 	}
 	if s.count != nil {
 		s.count.Store(0)
 	}
 	return m
+}
+
+// otherChecksums are the expected checksums that are not sha256, which is
+// computed once for every use.
+func otherChecksums(want []Checksum) []Checksum {
+	var other []Checksum
+	for _, w := range want {
+		if w.Algorithm != "sha256" {
+			other = append(other, w)
+		}
+	}
+	return other
 }
 
 // recordDisk keeps the sha256 of the disk content computed by the layer.
@@ -85,9 +116,8 @@ func (s *sourceSums) recordDisk(h v1.Hash) {
 func (s *sourceSums) complete(m *meteredReader) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	var sum string
 	if m.sha256 != nil {
-		sum = hex.EncodeToString(m.sha256.Sum(nil))
+		sum := hex.EncodeToString(m.sha256.Sum(nil))
 		if s.sha256 != "" && s.sha256 != sum {
 			s.changed = true
 		}
@@ -99,9 +129,9 @@ func (s *sourceSums) complete(m *meteredReader) {
 	}
 }
 
-// result returns the sha256 of the download and of the disk, or an error
-// when the source changed between reads, failed an expected checksum, or
-// was never read to its end.
+// result returns the sha256 of the download and of the disk (each empty
+// when not computed), or an error when the source changed between reads,
+// failed an expected checksum, or was never read to its end.
 func (s *sourceSums) result() (download, disk string, err error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -112,13 +142,13 @@ func (s *sourceSums) result() (download, disk string, err error) {
 		return "", "", s.verified
 	}
 	download = s.sha256
-	if !s.withSHA256 {
-		download = s.disk // not compressed: the download is the disk
-		for _, w := range s.want {
-			if w.Algorithm == "sha256" && w.Hex != download {
-				return "", "", fmt.Errorf("%w: %s has sha256:%s, expected %s; the download is corrupt or the checksum is of another file",
-					ErrChecksumMismatch, s.display, download, w)
-			}
+	if !s.diskDiffers {
+		download = s.disk
+	}
+	for _, w := range s.want {
+		if w.Algorithm == "sha256" && w.Hex != download {
+			return "", "", fmt.Errorf("%w: %s has sha256:%s, expected %s; the download is corrupt or the checksum is of another file",
+				ErrChecksumMismatch, s.display, download, w)
 		}
 	}
 	return download, s.disk, nil
@@ -155,6 +185,8 @@ func (m *meteredReader) Read(p []byte) (int, error) {
 		}
 	case errors.Is(err, io.ErrUnexpectedEOF):
 		err = fmt.Errorf("%w: %s ended after %s: %w", ErrShortSource, m.sums.display, progressOf(m.read, m.sums.size), err)
+	case errors.Is(err, ErrSourceChanged), errors.Is(err, ErrSourceUnavailable):
+		// Classified by the source, which names it and the offset.
 	default:
 		err = fmt.Errorf("%w: reading %s at byte %d: %w", ErrSourceUnavailable, m.sums.display, m.read, err)
 	}

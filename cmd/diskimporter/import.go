@@ -9,6 +9,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"strconv"
 	"strings"
 
 	"github.com/spf13/pflag"
@@ -61,6 +62,11 @@ func importFlags(o *importer.Options, c *cliOptions) *pflag.FlagSet {
 	fs.StringVar(&o.RegistryTLS.ClientKeyFile, "client-key", "", "PEM key of --client-cert")
 	fs.BoolVar(&o.PlainHTTP, "plain-http", false, "allow plain http to the registry (never by default, even on loopback)")
 	fs.BoolVar(&o.HTTP1, "http1", false, "talk HTTP/1.1 to the registry instead of HTTP/2")
+	fs.IntVar(&o.Connections, "connections", importer.DefaultConnections, "parallel Range requests reading an http(s) source that answers them; 1 reads one stream")
+	o.ChunkSize = importer.DefaultChunkSize
+	fs.Var((*byteSize)(&o.ChunkSize), "chunk-size", "length of each Range request, such as 8MiB; reassembly holds --connections × this")
+	fs.IntVar(&o.Retries, "retries", importer.DefaultRetries, "failures in a row retried reading the source (resuming where it stopped) or uploading; 0: none")
+	fs.DurationVar(&o.StallTimeout, "stall-timeout", importer.DefaultStallTimeout, "drop and resume a source response that gives no byte for this long; 0: never")
 	fs.StringVar(&o.SourceCAFile, "source-ca-file", "", "PEM CA bundle trusted for an https source, besides the system roots")
 	fs.BoolVar(&o.SourceInsecureSkipVerify, "source-insecure-skip-tls-verify", false, "do not verify the source's certificate")
 	fs.StringVar(&o.Format, "format", "", "fail unless the disk (after decompression) is in this format: raw, qcow2 or iso")
@@ -68,6 +74,7 @@ func importFlags(o *importer.Options, c *cliOptions) *pflag.FlagSet {
 	fs.StringArrayVar(&c.checksums, "source-checksum", nil, "expected ALGORITHM:HEX of the source as downloaded (sha256, sha512, sha1, md5); repeatable")
 	fs.StringVar(&c.sourceSHA256, "source-sha256", "", "expected sha256 of the source as downloaded, in hex")
 	fs.StringVar(&c.sourceMD5, "source-md5", "", "expected md5 of the source as downloaded, in hex")
+	fs.BoolVar(&o.DiskSHA256, "disk-sha256", false, "also compute the sha256 of the disk (and of the download, when compressed) for the result and annotations; costs a second hash pass")
 	fs.Int64Var(&o.MaxSize, "max-size", 0, "largest disk accepted after decompression, in bytes (default 2 TiB)")
 	fs.Uint64Var(&o.MaxVirtualSize, "max-virtual-size", 0, "largest virtual size a qcow2 may declare, in bytes (default --max-size)")
 	fs.StringVar(&o.ScratchDir, "scratch-dir", "", "where a disk of unknown size is spooled, then removed (default $TMPDIR or /tmp)")
@@ -83,6 +90,41 @@ func importFlags(o *importer.Options, c *cliOptions) *pflag.FlagSet {
 	fs.StringVar(&c.logFormat, "log-format", "auto", "log format: text, json, or auto (text on a terminal, JSON otherwise)")
 	return fs
 }
+
+// byteSize is a pflag.Value of a byte count written as a number with an
+// optional KiB, MiB or GiB suffix.
+type byteSize int64
+
+func (b *byteSize) String() string {
+	n := int64(*b)
+	for _, u := range []struct {
+		suffix string
+		shift  uint
+	}{{"GiB", 30}, {"MiB", 20}, {"KiB", 10}} {
+		if n != 0 && n%(1<<u.shift) == 0 {
+			return strconv.FormatInt(n>>u.shift, 10) + u.suffix
+		}
+	}
+	return strconv.FormatInt(n, 10)
+}
+
+func (b *byteSize) Set(s string) error {
+	shift := uint(0)
+	for suffix, sh := range map[string]uint{"KiB": 10, "MiB": 20, "GiB": 30} {
+		if rest, ok := strings.CutSuffix(s, suffix); ok {
+			s, shift = rest, sh
+			break
+		}
+	}
+	n, err := strconv.ParseInt(s, 10, 64)
+	if err != nil || n < 0 || n > 1<<40>>shift {
+		return fmt.Errorf("%q: want a byte count such as 8MiB (suffixes KiB, MiB, GiB)", s)
+	}
+	*b = byteSize(n << shift)
+	return nil
+}
+
+func (b *byteSize) Type() string { return "size" }
 
 // envName is the environment variable that sets a flag.
 func envName(flag string) string {
@@ -193,6 +235,16 @@ func (c *cliOptions) writeResult(v any, logger *slog.Logger) {
 
 // apply moves the flags that need parsing into o.
 func (c *cliOptions) apply(o *importer.Options) error {
+	if o.Connections < 1 {
+		return fmt.Errorf("%w: --connections %d: want 1 or more", importer.ErrInvalidOptions, o.Connections)
+	}
+	// On the command line 0 means none; in Options it means the default.
+	if o.Retries == 0 {
+		o.Retries = -1
+	}
+	if o.StallTimeout == 0 {
+		o.StallTimeout = -1
+	}
 	sums := c.checksums
 	if c.sourceSHA256 != "" {
 		sums = append(sums, "sha256:"+c.sourceSHA256)
