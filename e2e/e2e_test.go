@@ -50,6 +50,7 @@ func TestImport(t *testing.T) {
 		proto  string // HTTP version every registry request of the repo must use
 		noCA   bool   // no --ca-file
 		noTag  bool   // destination REGISTRY/REPO, which means :latest
+		gets   int    // GETs the source must have had, when not 0
 		want   want
 	}
 	httpSource := func(u string) func(*testing.T) (string, string) {
@@ -66,6 +67,11 @@ func TestImport(t *testing.T) {
 	}
 	cases := []tc{
 		{name: "raw over http", source: httpSource(rawURL), proto: "HTTP/2.0", want: raw},
+		{name: "raw over http with its sha256 recorded", source: httpSource(rawURL), args: []string{"--disk-sha256"},
+			want: with(raw, func(w *want) { w.hashed = true })},
+		{name: "raw over http in 1 MiB pieces on 4 connections", source: func(*testing.T) (string, string) {
+			return rawURL + "?pieces", rawURL + "?REDACTED"
+		}, args: []string{"--connections", "4", "--chunk-size", "1MiB"}, gets: rawSize >> 20, want: raw},
 		{name: "raw from a file path", source: fileSource(false), want: raw},
 		{name: "raw from a file URL", source: fileSource(true), want: raw},
 		{name: "iso over http", source: httpSource(iso.source), want: iso},
@@ -144,6 +150,9 @@ func TestImport(t *testing.T) {
 				w.dest = dest + ":latest" // the result names the tag it wrote
 			}
 			verify(t, res, w)
+			if n := src.gets(strings.TrimPrefix(source, src.URL)); c.gets != 0 && n != c.gets {
+				t.Errorf("source had %d GETs, want %d", n, c.gets)
+			}
 			if c.noTag {
 				if list, _ := tags(t, r, repo); !slices.Equal(list, []string{"latest"}) {
 					t.Errorf("tags of %s = %v, want [latest]", repo, list)

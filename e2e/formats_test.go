@@ -505,7 +505,7 @@ func TestFormats(t *testing.T) {
 				url := fs.add(fileName, data, r.serve)
 				scratch := t.TempDir()
 				dest := reg.Addr + "/" + newRepo(t) + ":v1"
-				run := runImport(t, childEnv(t, credsEnv(reg)...), importArgs(reg, url, dest, "--scratch-dir", scratch)...)
+				run := runImport(t, childEnv(t, credsEnv(reg)...), importArgs(reg, url, dest, "--scratch-dir", scratch, "--disk-sha256")...)
 				res := parseSuccess(t, run)
 				checkScratchEmpty(t, scratch)
 				e := expect{
@@ -519,7 +519,7 @@ func TestFormats(t *testing.T) {
 				if r.comp.label == "none" {
 					// Not compressed: the harness's own check fits too.
 					verify(t, res, want{dest: dest, source: url, sha256: sumOf(data), size: int64(len(data)),
-						format: r.disk.format, diskName: r.disk.diskName})
+						format: r.disk.format, diskName: r.disk.diskName, hashed: true})
 				}
 				mu.Lock()
 				table = append(table, tableRow{
@@ -592,7 +592,7 @@ func TestConvertRaw(t *testing.T) {
 			scratch := t.TempDir()
 			repo := newRepo(t)
 			dest := reg.Addr + "/" + repo + ":v1"
-			args := importArgs(reg, url, dest, append([]string{"--convert", "raw", "--scratch-dir", scratch}, c.args...)...)
+			args := importArgs(reg, url, dest, append([]string{"--convert", "raw", "--scratch-dir", scratch, "--disk-sha256"}, c.args...)...)
 			run := runImport(t, childEnv(t, credsEnv(reg)...), args...)
 			checkScratchEmpty(t, scratch)
 			res := parseSuccess(t, run)
@@ -743,7 +743,7 @@ func TestBadDisks(t *testing.T) {
 			scratch := t.TempDir()
 			repo := newRepo(t)
 			dest := reg.Addr + "/" + repo + ":v1"
-			args := importArgs(reg, url, dest, append([]string{"--scratch-dir", scratch}, c.args...)...)
+			args := importArgs(reg, url, dest, append([]string{"--scratch-dir", scratch, "--disk-sha256"}, c.args...)...)
 			run := runImport(t, childEnv(t, credsEnv(reg)...), args...)
 			checkScratchEmpty(t, scratch)
 			if c.knownBug != "" && c.bugShows(run) {

@@ -131,7 +131,7 @@ func TestJobManifestRunsTheBinary(t *testing.T) {
 	if err := json.Unmarshal(msg, &res); err != nil {
 		t.Fatalf("termination message is not a result: %v\n%s", err, msg)
 	}
-	if res.Destination != overlay["DISKIMPORTER_DESTINATION"] || res.SourceSHA256 != src.rawSum {
+	if res.Destination != overlay["DISKIMPORTER_DESTINATION"] || res.Size != rawSize || res.LayerDigest == "" {
 		t.Errorf("termination message %+v does not describe the import", res)
 	}
 	if !bytes.Equal(bytes.TrimSpace(stdout.Bytes()), bytes.TrimSpace(msg)) {
