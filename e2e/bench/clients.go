@@ -31,6 +31,7 @@ var clients = map[string]func(args []string) error{
 	"put-ceiling":       putCeiling,
 	"cpu-ceiling":       cpuCeiling,
 	"make-source":       makeSource,
+	"layer-digest":      layerDigest,
 }
 
 func envAuth() *authn.Basic {

@@ -1,15 +1,24 @@
-// Command bench measures diskimporter against the design it replaces and
-// against the ceilings of the machine, in one run, and prints one table.
+// Command bench measures diskimporter against the design it replaces, other
+// tools (crane, oras) and the ceilings of the machine, in one run, and
+// prints one table.
 //
-//	go run ./e2e/bench                 # 1 GiB, no CPU limit, 750m and 250m
-//	go run ./e2e/bench -size 4GiB -limits none
+//	go run ./e2e/bench                 # 1 GiB, the default plan (below)
+//	go run ./e2e/bench -markdown       # the same, as a Markdown table
+//	go run ./e2e/bench -size 4GiB -limits 1core -rows diskimporter,put-ceiling
 //
 // Everything runs on loopback: a real distribution registry (TLS, htpasswd)
 // pinned to the second core, an HTTP source serving a generated disk-like
-// image from a file (sendfile), and each client as its own process pinned
-// to the first core, optionally held to a CPU quota with a cgroup v1 CPU
-// group, as a Kubernetes CPU limit holds the Job. Client CPU seconds and
-// peak RSS come from the child's rusage.
+// image from a file (sendfile), a second source on the same file that paces
+// each connection to -throttle bytes/s, and each client as its own process.
+// The client's CPU placement (a row's "CPU limit") is 2cores (both cores,
+// sharing the second with the registry), 1core (pinned to the first core),
+// or millicores such as 750m: the first core, held to that quota by a
+// cgroup v1 CPU group, as a Kubernetes CPU limit holds the Job. Client CPU
+// seconds and peak RSS come from the child's rusage.
+//
+// Without -rows and -limits it runs every row at 2cores, and diskimporter,
+// diskimporter-http1, gzip-stream-layer and put-ceiling at 1core, 750m and
+// 250m. With either flag it runs the cross product of the two lists.
 package main
 
 import (
@@ -31,7 +40,6 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
-	"text/tabwriter"
 	"time"
 
 	"github.com/diskimporter/diskimporter/e2e/registry"
@@ -49,10 +57,21 @@ func main() {
 		}
 	}
 	size := flag.String("size", "1GiB", "disk size (KiB, MiB, GiB suffixes)")
-	limits := flag.String("limits", "none,750m,250m", "client CPU limits to measure, comma-separated (none, or millicores such as 750m)")
-	rowsFlag := flag.String("rows", "diskimporter,diskimporter-http1,gzip-stream-layer,put-ceiling,cpu-ceiling",
-		"rows to run, comma-separated; also diskimporter-qcow2, -gz, -xz, -zst: the same disk in those containers")
+	limits := flag.String("limits", "",
+		"client CPU placements, comma-separated: 2cores (not pinned), 1core (pinned to core 0; also none), or millicores on core 0 such as 750m; "+
+			"when only -rows is given: "+strings.Join(defaultLimits, ","))
+	rowsFlag := flag.String("rows", "",
+		"rows, comma-separated, of: "+strings.Join(knownRows(), ", ")+
+			" (diskimporter-qcow2, -gz, -xz, -zst import the same disk in those containers); when only -limits is given: "+strings.Join(defaultRows, ","))
+	markdown := flag.Bool("markdown", false, "print the table as Markdown, the header lines as text above it")
+	flag.Float64Var(&throttle, "throttle", 12.5e6, "bytes per second each connection to the throttled source (rows throttled-N) is paced to")
 	flag.StringVar(&profileDir, "profile-dir", "", "save a 2-second CPU profile of each diskimporter row (taken through --pprof-address) into this directory")
+	flag.Usage = func() {
+		fmt.Fprintf(flag.CommandLine.Output(), "usage: go run ./e2e/bench [flags]\n\n"+
+			"Without -rows and -limits: every row at 2cores, and %s at %s.\n"+
+			"With either: every row given under every limit given.\n\n", strings.Join(limitedRows, ", "), strings.Join(limitedLimits, ", "))
+		flag.PrintDefaults()
+	}
 	flag.Parse()
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -61,13 +80,41 @@ func main() {
 	if err != nil {
 		log.Fatal(err)
 	}
-	if err := bench(ctx, n, strings.Split(*limits, ","), strings.Split(*rowsFlag, ",")); err != nil {
+	if throttle <= 0 {
+		log.Fatalf("-throttle %g: want a positive number of bytes per second", throttle)
+	}
+	cells := defaultPlan()
+	if given("rows") || given("limits") {
+		rows, lims := defaultRows, defaultLimits
+		if given("rows") {
+			rows = strings.Split(*rowsFlag, ",")
+		}
+		if given("limits") {
+			lims = strings.Split(*limits, ",")
+		}
+		if cells, err = crossPlan(rows, lims); err != nil {
+			log.Fatal(err)
+		}
+	}
+	if err := bench(ctx, n, cells, *markdown); err != nil {
 		log.Fatal(err)
 	}
 }
 
-// profileDir is where diskimporter rows save a CPU profile; empty: none.
-var profileDir string
+// given reports whether the flag name was set on the command line.
+func given(name string) bool {
+	set := false
+	flag.Visit(func(f *flag.Flag) { set = set || f.Name == name })
+	return set
+}
+
+var (
+	// profileDir is where diskimporter rows save a CPU profile; empty: none.
+	profileDir string
+	// throttle is the rate in bytes per second of each connection to the
+	// throttled source.
+	throttle float64
+)
 
 func parseSize(s string) (int64, error) {
 	mult := int64(1)
@@ -86,19 +133,23 @@ func parseSize(s string) (int64, error) {
 
 // setup is what every row shares.
 type setup struct {
-	dir       string
-	disk      string // path of the generated image
-	size      int64
-	sha256    string
-	sourceURL string
-	reg       *registry.Registry
-	self      string // this program's binary, for the client subcommands
-	importer  string // the diskimporter binary
+	dir          string
+	disk         string // path of the generated image
+	size         int64
+	sha256       string
+	layerDigest  string // of the layer every import of disk.img must report
+	sourceURL    string
+	throttledURL string // the same directory, each connection paced to throttle
+	reg          *registry.Registry
+	dockerConfig string // path of a Docker config.json with the registry's credentials
+	self         string // this program's binary, for the client subcommands
+	importer     string // the diskimporter binary
 }
 
-func bench(ctx context.Context, size int64, limits, rows []string) error {
+func bench(ctx context.Context, size int64, cells []cell, markdown bool) error {
 	// This process serves the source; keep it and the registry on the
-	// second core, and the measured client alone on the first.
+	// second core, and the measured client alone on the first (but at
+	// 2cores, where it may use both).
 	if runtime.NumCPU() >= 2 {
 		if out, err := exec.Command("taskset", "-a", "-p", "-c", "1", strconv.Itoa(os.Getpid())).CombinedOutput(); err != nil {
 			log.Printf("taskset of the bench process failed (%v: %s); cores are shared", err, out)
@@ -110,33 +161,34 @@ func bench(ctx context.Context, size int64, limits, rows []string) error {
 	}
 	defer os.RemoveAll(dir)
 	s := &setup{dir: dir, size: size}
+	defer func() {
+		if s.reg != nil {
+			s.reg.Stop()
+		}
+	}()
 	if err := s.prepare(ctx); err != nil {
 		return err
 	}
-	defer s.reg.Stop()
 
-	fmt.Printf("diskimporter benchmark, %s\n", time.Now().UTC().Format("2006-01-02 15:04 MST"))
-	fmt.Printf("machine: %d cores (%s), %s/%s, %s; disk %s (%d bytes, disk-like: 1/3 random, 1/3 zeros, 1/3 text)\n",
-		runtime.NumCPU(), cpuModel(), runtime.GOOS, runtime.GOARCH, runtime.Version(), humanSize(size), size)
-	fmt.Printf("registry: distribution %s over TLS with htpasswd, on core 1; source: plain HTTP from a file, on core 1; client: core 0\n\n", registry.Version)
-
-	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "row\tCPU limit\tMiB/s\tclient CPU s/GiB\tpeak RSS MiB\tnote\t")
-	for _, limit := range limits {
-		for _, row := range rows {
-			if ctx.Err() != nil {
-				return ctx.Err()
-			}
-			m, err := s.run(ctx, row, strings.TrimSpace(limit))
-			if err != nil {
-				fmt.Fprintf(tw, "%s\t%s\t-\t-\t-\tFAILED: %s\t\n", row, limit, oneLine(err))
-				continue
-			}
-			fmt.Fprintf(tw, "%s\t%s\t%.0f\t%.2f\t%.0f\t%s\t\n", row, limit, m.mibps, m.cpuPerGiB, m.rssMiB, m.note)
-			fmt.Fprintf(os.Stderr, "done: %s at %s\n", row, limit)
+	printHeader(os.Stdout, size, markdown)
+	var results []result
+	for _, c := range cells {
+		if ctx.Err() != nil {
+			break
+		}
+		m, err := s.run(ctx, c.row, c.limit)
+		results = append(results, result{cell: c, m: m, err: err})
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "FAILED: %s at %s: %s\n", c.row, c.limit, oneLine(err))
+		} else {
+			fmt.Fprintf(os.Stderr, "done: %s at %s\n", c.row, c.limit)
 		}
 	}
-	return tw.Flush()
+	if err := printTable(os.Stdout, results, markdown); err != nil {
+		return err
+	}
+	printSummary(os.Stdout, results, markdown)
+	return ctx.Err()
 }
 
 func (s *setup) prepare(ctx context.Context) error {
@@ -156,12 +208,12 @@ func (s *setup) prepare(ctx context.Context) error {
 	}
 	s.sha256 = fmt.Sprintf("sha256:%x", h.Sum(nil))
 
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
+	if s.sourceURL, err = serve(s.dir, 0); err != nil {
 		return err
 	}
-	go http.Serve(ln, http.FileServer(http.Dir(s.dir)))
-	s.sourceURL = "http://" + ln.Addr().String() + "/"
+	if s.throttledURL, err = serve(s.dir, throttle); err != nil {
+		return err
+	}
 
 	cpus := ""
 	if runtime.NumCPU() >= 2 {
@@ -171,8 +223,14 @@ func (s *setup) prepare(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	if err := s.writeDockerConfig(); err != nil {
+		return err
+	}
 
 	if s.self, err = os.Executable(); err != nil {
+		return err
+	}
+	if err := s.expectLayerDigest(); err != nil {
 		return err
 	}
 	s.importer = filepath.Join(s.dir, "diskimporter")
@@ -188,51 +246,74 @@ func (s *setup) prepare(ctx context.Context) error {
 	return nil
 }
 
+// serve serves dir over plain HTTP on a loopback port, each connection
+// paced to rate bytes per second unless rate is 0, and returns its URL.
+// http.FileServer answers Range requests and sends Accept-Ranges and
+// Last-Modified.
+func serve(dir string, rate float64) (string, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	url := "http://" + ln.Addr().String() + "/"
+	if rate > 0 {
+		ln = throttledListener{Listener: ln, rate: rate}
+	}
+	go http.Serve(ln, http.FileServer(http.Dir(dir)))
+	return url, nil
+}
+
 // measurement is one row's outcome.
 type measurement struct {
 	mibps, cpuPerGiB, rssMiB float64
 	note                     string
 }
 
+// client is how one row runs.
+type client struct {
+	argv []string
+	dir  string   // working directory; empty: this process's
+	env  []string // added to the environment
+	note string   // the row's note
+	// check, when set, validates what the client printed on stdout and
+	// returns the row's note.
+	check func(stdout []byte) (string, error)
+}
+
+// importerFlags are the rows that import disk.img with diskimporter, and
+// the flags each adds to the defaults. The throttled-N rows read the
+// throttled source.
+var importerFlags = map[string][]string{
+	"diskimporter":       nil,
+	"diskimporter-1conn": {"--connections", "1"},
+	"diskimporter-http1": {"--http1"},
+	"throttled-1":        {"--connections", "1"},
+	"throttled-4":        {"--connections", "4"},
+	"throttled-8":        {"--connections", "8"},
+}
+
+// isImporterRow reports whether row runs diskimporter.
+func isImporterRow(row string) bool {
+	_, ok := importerFlags[row]
+	return ok || sourceRows[row] != ""
+}
+
 func (s *setup) run(ctx context.Context, row, limit string) (*measurement, error) {
-	repo := fmt.Sprintf("%s/bench/%s-%s:v%d", s.reg.Addr, row, strings.ReplaceAll(limit, "none", "nolimit"), time.Now().UnixNano())
-	var argv []string
-	file, err := s.sourceFile(row)
+	repo := fmt.Sprintf("%s/bench/%s-%s:v%d", s.reg.Addr, row, limit, time.Now().UnixNano())
+	c, err := s.client(ctx, row, limit, repo)
 	if err != nil {
 		return nil, err
 	}
-	switch {
-	case row == "diskimporter" || row == "diskimporter-http1" || sourceRows[row] != "":
-		argv = []string{s.importer, "import", "--source", s.sourceURL + file, "--destination", repo,
-			"--ca-file", s.reg.CAFile, "--log-format", "json", "--progress-interval", "1h", "--scratch-dir", s.dir}
-		if row == "diskimporter-http1" {
-			argv = append(argv, "--http1")
-		}
-		if profileDir != "" {
-			addr, err := freeAddr()
-			if err != nil {
-				return nil, err
-			}
-			argv = append(argv, "--pprof-address", addr)
-			go saveProfile(ctx, addr, filepath.Join(profileDir, row+"-"+limit+".pprof"))
-		}
-	case row == "gzip-stream-layer":
-		argv = []string{s.self, "gzip-stream-layer", s.sourceURL + file, repo, s.reg.CAFile}
-	case row == "put-ceiling":
-		argv = []string{s.self, "put-ceiling", s.disk, s.sha256, repo, s.reg.CAFile}
-	case row == "cpu-ceiling":
-		argv = []string{s.self, "cpu-ceiling", s.disk}
-	default:
-		return nil, fmt.Errorf("unknown row %q", row)
-	}
-	cmd, cleanup, err := limited(ctx, limit, argv)
+	cmd, cleanup, err := limited(ctx, limit, c.argv)
 	if err != nil {
 		return nil, err
 	}
 	defer cleanup()
+	cmd.Dir = c.dir
 	cmd.Env = append(os.Environ(),
 		"DISKIMPORTER_USERNAME="+s.reg.Username, "DISKIMPORTER_PASSWORD="+s.reg.Password,
 		"HOME="+s.dir)
+	cmd.Env = append(cmd.Env, c.env...)
 	var stderr strings.Builder
 	cmd.Stderr = &stderr
 	start := time.Now()
@@ -248,47 +329,106 @@ func (s *setup) run(ctx context.Context, row, limit string) (*measurement, error
 		mibps:     float64(s.size) / (1 << 20) / took.Seconds(),
 		cpuPerGiB: cpu / gib,
 		rssMiB:    float64(ru.Maxrss) / 1024,
+		note:      c.note,
 	}
 	if row == "cpu-ceiling" {
 		// In memory: the rate is the CPU's, not the wall clock's.
 		m.mibps = float64(s.size) / (1 << 20) / cpu
-		m.note = "sha256 + AES-128-GCM of the bytes, in memory"
 	}
-	if row == "put-ceiling" {
-		m.note = "one PUT of the bytes, digest known, HTTP/1.1"
-	}
-	if strings.HasPrefix(row, "diskimporter") {
-		var res struct {
-			DiskSHA256 string `json:"disk_sha256"`
-			SizeFrom   string `json:"size_from"`
+	if c.check != nil {
+		if m.note, err = c.check(out); err != nil {
+			return nil, err
 		}
-		if err := json.Unmarshal(out, &res); err != nil {
-			return nil, fmt.Errorf("result %q: %w", out, err)
-		}
-		// A qcow2 is stored as such: its sha256 is the image's.
-		if row != "diskimporter-qcow2" && res.DiskSHA256 != s.sha256 {
-			return nil, fmt.Errorf("result does not name the disk's sha256: %s", out)
-		}
-		m.note = "size from " + res.SizeFrom
 	}
 	return m, nil
 }
 
-// limited returns argv as a command pinned to core 0 and, unless limit is
-// "none", held to limit millicores by a cgroup v1 CPU group that cleanup
-// removes.
+// client returns how row runs, pushing to repo. Whatever it needs first
+// (a source file, a tool) is made here, before the row is timed.
+func (s *setup) client(ctx context.Context, row, limit, repo string) (*client, error) {
+	file, err := s.sourceFile(row)
+	if err != nil {
+		return nil, err
+	}
+	switch {
+	case isImporterRow(row):
+		return s.importerClient(ctx, row, limit, file, repo)
+	case row == "gzip-stream-layer":
+		return &client{argv: []string{s.self, "gzip-stream-layer", s.sourceURL + file, repo, s.reg.CAFile},
+			note: "go-containerregistry stream.NewLayer, reads the URL"}, nil
+	case row == "put-ceiling":
+		return &client{argv: []string{s.self, "put-ceiling", s.disk, s.sha256, repo, s.reg.CAFile},
+			note: "one PUT of the bytes, digest known, HTTP/1.1"}, nil
+	case row == "cpu-ceiling":
+		return &client{argv: []string{s.self, "cpu-ceiling", s.disk},
+			note: "sha256 + AES-128-GCM of the bytes, in memory"}, nil
+	case row == "crane":
+		return s.craneClient(ctx, repo)
+	case row == "oras":
+		return s.orasClient(ctx, repo)
+	}
+	return nil, fmt.Errorf("unknown row %q", row)
+}
+
+// importerClient runs diskimporter on file with the row's flags, and
+// checks that the result names the layer digest of disk.img: a compressed
+// raw disk is stored as disk.img again; only a qcow2 is stored as such, in
+// a layer of its own.
+func (s *setup) importerClient(ctx context.Context, row, limit, file, repo string) (*client, error) {
+	source, note := s.sourceURL, ""
+	if strings.HasPrefix(row, "throttled-") {
+		source, note = s.throttledURL, "source "+rateString(throttle)+" per connection; "
+	}
+	if flags := importerFlags[row]; len(flags) > 0 {
+		note += strings.Join(flags, " ") + "; "
+	}
+	argv := []string{s.importer, "import", "--source", source + file, "--destination", repo,
+		"--ca-file", s.reg.CAFile, "--log-format", "json", "--progress-interval", "1h", "--scratch-dir", s.dir}
+	argv = append(argv, importerFlags[row]...)
+	if profileDir != "" {
+		addr, err := freeAddr()
+		if err != nil {
+			return nil, err
+		}
+		argv = append(argv, "--pprof-address", addr)
+		go saveProfile(ctx, addr, filepath.Join(profileDir, row+"-"+limit+".pprof"))
+	}
+	check := func(out []byte) (string, error) {
+		var res struct {
+			LayerDigest string `json:"layer_digest"`
+			SizeFrom    string `json:"size_from"`
+		}
+		if err := json.Unmarshal(out, &res); err != nil {
+			return "", fmt.Errorf("result %q: %w", out, err)
+		}
+		if row != "diskimporter-qcow2" && res.LayerDigest != s.layerDigest {
+			return "", fmt.Errorf("result's layer_digest is not %s: %s", s.layerDigest, out)
+		}
+		return note + "size from " + res.SizeFrom, nil
+	}
+	return &client{argv: argv, check: check}, nil
+}
+
+// limited returns argv as a command placed as limit says: on cores 0 and 1
+// for 2cores (this process is pinned to core 1, and a child inherits
+// that), else pinned to core 0 and, unless limit is 1core (or none), held
+// to limit millicores by a cgroup v1 CPU group that cleanup removes.
 func limited(ctx context.Context, limit string, argv []string) (*exec.Cmd, func(), error) {
 	pin := []string{}
 	if runtime.NumCPU() >= 2 {
-		pin = []string{"taskset", "-c", "0"}
+		cpus := "0"
+		if limit == twoCores {
+			cpus = "0,1"
+		}
+		pin = []string{"taskset", "-c", cpus}
 	}
-	if limit == "none" || limit == "" {
+	if limit == twoCores || limit == oneCore || limit == "none" || limit == "" {
 		all := append(pin, argv...)
 		return exec.CommandContext(ctx, all[0], all[1:]...), func() {}, nil
 	}
 	milli, err := strconv.Atoi(strings.TrimSuffix(limit, "m"))
 	if err != nil || !strings.HasSuffix(limit, "m") || milli <= 0 {
-		return nil, nil, fmt.Errorf("CPU limit %q: want none or millicores such as 750m", limit)
+		return nil, nil, fmt.Errorf("CPU limit %q: want 2cores, 1core (or none), or millicores such as 750m", limit)
 	}
 	cg := fmt.Sprintf("/sys/fs/cgroup/cpu/diskimporter-bench-%d-%d", os.Getpid(), time.Now().UnixNano())
 	if err := os.Mkdir(cg, 0o755); err != nil {

@@ -7,11 +7,13 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 
 	"github.com/klauspost/compress/gzip"
 	"github.com/klauspost/compress/zstd"
 
 	"github.com/diskimporter/diskimporter/importer/qcow2/qcow2test"
+	"github.com/diskimporter/diskimporter/layer"
 )
 
 // sourceRows are the diskimporter rows that import the same disk in
@@ -23,6 +25,11 @@ var sourceRows = map[string]string{
 	"diskimporter-zst":   "disk.img.zst",
 }
 
+// toolFiles are the files other tools read instead of disk.img.
+var toolFiles = map[string]string{
+	"crane": "disk.tar", // the layer itself: crane append takes tarballs
+}
+
 // sourceFile returns the name (in s.dir) of the file a row imports,
 // making it when it does not exist yet. Making it is not measured, and
 // happens in a child process: a child's peak RSS as rusage reports it
@@ -30,6 +37,9 @@ var sourceRows = map[string]string{
 // small.
 func (s *setup) sourceFile(row string) (string, error) {
 	name, ok := sourceRows[row]
+	if !ok {
+		name, ok = toolFiles[row]
+	}
 	if !ok {
 		return "disk.img", nil
 	}
@@ -105,6 +115,20 @@ func makeSource(args []string) (err error) {
 		if err := zw.Close(); err != nil {
 			return err
 		}
+	case "disk.tar":
+		// The layer diskimporter pushes, as a file.
+		l, err := layer.New(io.NopCloser(in), fi.Size())
+		if err != nil {
+			return err
+		}
+		rc, err := l.Uncompressed()
+		if err != nil {
+			return err
+		}
+		defer rc.Close()
+		if _, err := io.Copy(w, rc); err != nil {
+			return err
+		}
 	case "disk.img.xz":
 		// Go's xz encoder takes minutes for a GiB; the xz tool (Debian's
 		// xz-utils) does it on both cores.
@@ -117,4 +141,53 @@ func makeSource(args []string) (err error) {
 		return fmt.Errorf("no recipe for %s", path)
 	}
 	return w.Flush()
+}
+
+// layerDigest prints the digest of the layer diskimporter makes of DISK
+// with its default options: what every import of it must report.
+func layerDigest(args []string) error {
+	if len(args) != 1 {
+		return fmt.Errorf("usage: layer-digest DISK")
+	}
+	f, err := os.Open(args[0])
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	l, err := layer.New(io.NopCloser(f), fi.Size())
+	if err != nil {
+		return err
+	}
+	rc, err := l.Uncompressed()
+	if err != nil {
+		return err
+	}
+	defer rc.Close()
+	if _, err := io.Copy(io.Discard, rc); err != nil {
+		return err
+	}
+	digest, err := l.Digest()
+	if err != nil {
+		return err
+	}
+	_, err = fmt.Println(digest)
+	return err
+}
+
+// expectLayerDigest computes, in a child process, the layer digest of
+// disk.img.
+func (s *setup) expectLayerDigest() error {
+	cmd := exec.Command(s.self, "layer-digest", s.disk)
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		return fmt.Errorf("layer digest of %s: %w: %s", s.disk, err, strings.TrimSpace(stderr.String()))
+	}
+	s.layerDigest = strings.TrimSpace(string(out))
+	return nil
 }
