@@ -2,6 +2,7 @@ package importer
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -70,7 +71,9 @@ func openDisk(ctx context.Context, s *settings, src *source, rc io.ReadCloser, p
 	if err != nil {
 		return nil, fmt.Errorf("%w: reading the first bytes of %s: %w", ErrSourceUnavailable, src.display, err)
 	}
-	sourceHead := head
+	// A copy: the decompressor starts reading the source on its own
+	// goroutine, and the buffer behind head moves on.
+	sourceHead := bytes.Clone(head)
 	d.compression = detect.CompressionOf(head)
 	// The download's sha256 differs from the disk's when the source is
 	// compressed or converted; then it is computed on its own.
@@ -164,9 +167,9 @@ func openDisk(ctx context.Context, s *settings, src *source, rc io.ReadCloser, p
 // spool the disk. The spool is removed when the disk is closed.
 func (d *disk) spoolFrom(ctx context.Context, s *settings, src *source, r io.Reader, prog *tracker, sums *sourceSums) error {
 	prog.enter(PhaseSpooling, max(src.size, 0))
-	sums.count = &prog.bytes
+	sums.count.Store(&prog.bytes)
 	sp, err := writeSpool(ctx, s.ScratchDir, r, src.size, s.MaxSize)
-	sums.count = nil
+	sums.count.Store(nil)
 	if err != nil {
 		if ctx.Err() != nil {
 			return fmt.Errorf("import cancelled while spooling: %w", context.Cause(ctx))
@@ -321,12 +324,14 @@ func spoolError(src *source, err error) error {
 // newDecompressor returns a decompressor of r that, at the end of the
 // compressed stream, reads r to its end, so that the source's sums see
 // every byte.
+// newDecompressor returns the decompressed stream of r, decoded on a
+// goroutine of its own (see readAhead).
 func newDecompressor(c detect.Compression, r io.Reader, display string) (io.ReadCloser, error) {
 	dec, err := decompress.NewReader(c, r)
 	if err != nil {
 		return nil, err
 	}
-	return &drainAtEOF{ReadCloser: dec, src: r, display: display}, nil
+	return newReadAhead(&drainAtEOF{ReadCloser: dec, src: r, display: display}, func() { dec.Close() }), nil
 }
 
 type drainAtEOF struct {

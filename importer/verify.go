@@ -25,9 +25,11 @@ type sourceSums struct {
 	display    string
 	size       int64
 	want       []Checksum
-	wantSHA256 bool          // DiskSHA256 asked, or a sha256 checksum expected
-	diskSHA256 bool          // DiskSHA256 asked
-	count      *atomic.Int64 // nil: counted elsewhere
+	wantSHA256 bool // DiskSHA256 asked, or a sha256 checksum expected
+	diskSHA256 bool // DiskSHA256 asked
+	// count, when set, counts the bytes read (while spooling); a
+	// decompressor reads on a goroutine of its own, hence the atomic.
+	count atomic.Pointer[atomic.Int64]
 
 	mu          sync.Mutex
 	diskDiffers bool   // compressed or converted: the download is not the disk
@@ -85,8 +87,8 @@ func (s *sourceSums) reader(r io.Reader) *meteredReader {
 	if other := otherChecksums(s.want); len(other) > 0 {
 		m.check = newChecksummer(other)
 	}
-	if s.count != nil {
-		s.count.Store(0)
+	if c := s.count.Load(); c != nil {
+		c.Store(0)
 	}
 	return m
 }
@@ -167,8 +169,8 @@ type meteredReader struct {
 func (m *meteredReader) Read(p []byte) (int, error) {
 	n, err := m.r.Read(p)
 	m.read += int64(n)
-	if m.sums.count != nil {
-		m.sums.count.Add(int64(n))
+	if c := m.sums.count.Load(); c != nil {
+		c.Add(int64(n))
 	}
 	if m.sha256 != nil {
 		m.sha256.Write(p[:n])
