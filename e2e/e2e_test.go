@@ -66,7 +66,8 @@ func TestImport(t *testing.T) {
 		}
 	}
 	cases := []tc{
-		{name: "raw over http", source: httpSource(rawURL), proto: "HTTP/2.0", want: raw},
+		{name: "raw over http", source: httpSource(rawURL), proto: "HTTP/1.1", want: raw},
+		{name: "http2 allowed", source: httpSource(rawURL), args: []string{"--http1=false"}, proto: "HTTP/2.0", want: raw},
 		{name: "raw over http with its sha256 recorded", source: httpSource(rawURL), args: []string{"--disk-sha256"},
 			want: with(raw, func(w *want) { w.hashed = true })},
 		{name: "raw over http in 1 MiB pieces on 4 connections", source: func(*testing.T) (string, string) {

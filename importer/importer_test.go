@@ -134,6 +134,7 @@ func TestRunImports(t *testing.T) {
 			name:    "http source over HTTP/2, default platform",
 			size:    2 << 20,
 			source:  "http",
+			opts:    func(o *importer.Options) { o.HTTP2 = true },
 			regOpts: func(*patchRedirect) []registryOption { return []registryOption{withHTTP2()} },
 			want:    want{format: "raw", diskPath: "disk/disk.img", os: "linux", arch: "amd64", gets: 1, http2: true},
 		},

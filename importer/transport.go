@@ -30,7 +30,7 @@ func (s *tlsState) get() (version, suite string) {
 
 // registryTransport returns the transport for every registry request: TLS
 // pinned to AES-GCM, 1 MiB socket write buffers (the default 4 KiB costs
-// about 30% of the push rate), HTTP/2 unless o.HTTP1, and plain http refused
+// about 30% of the push rate), HTTP/1.1 unless o.HTTP2, and plain http refused
 // unless o.PlainHTTP.
 func registryTransport(o *settings, state *tlsState) (http.RoundTripper, error) {
 	tc, err := tlsconfig.New(o.RegistryTLS)
@@ -49,7 +49,7 @@ func registryTransport(o *settings, state *tlsState) (http.RoundTripper, error) 
 	}
 	protocols := new(http.Protocols)
 	protocols.SetHTTP1(true)
-	protocols.SetHTTP2(!o.HTTP1)
+	protocols.SetHTTP2(o.HTTP2)
 	t := &http.Transport{
 		Proxy:                 http.ProxyFromEnvironment,
 		DialContext:           (&net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second}).DialContext,

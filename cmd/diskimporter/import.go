@@ -47,6 +47,7 @@ type cliOptions struct {
 	terminationLog string
 	logFormat      string
 	maxTLS         string
+	http1          bool
 }
 
 func importFlags(o *importer.Options, c *cliOptions) *pflag.FlagSet {
@@ -61,7 +62,7 @@ func importFlags(o *importer.Options, c *cliOptions) *pflag.FlagSet {
 	fs.StringVar(&o.RegistryTLS.ClientCertFile, "client-cert", "", "PEM client certificate for the registry")
 	fs.StringVar(&o.RegistryTLS.ClientKeyFile, "client-key", "", "PEM key of --client-cert")
 	fs.BoolVar(&o.PlainHTTP, "plain-http", false, "allow plain http to the registry (never by default, even on loopback)")
-	fs.BoolVar(&o.HTTP1, "http1", false, "talk HTTP/1.1 to the registry instead of HTTP/2")
+	fs.BoolVar(&c.http1, "http1", true, "talk HTTP/1.1 to the registry; --http1=false allows HTTP/2, which costs more CPU per GiB")
 	fs.IntVar(&o.Connections, "connections", importer.DefaultConnections, "parallel Range requests reading an http(s) source that answers them; 1 reads one stream")
 	o.ChunkSize = importer.DefaultChunkSize
 	fs.Var((*byteSize)(&o.ChunkSize), "chunk-size", "length of each Range request, such as 8MiB; reassembly holds --connections × this")
@@ -235,6 +236,7 @@ func (c *cliOptions) writeResult(v any, logger *slog.Logger) {
 
 // apply moves the flags that need parsing into o.
 func (c *cliOptions) apply(o *importer.Options) error {
+	o.HTTP2 = !c.http1
 	if o.Connections < 1 {
 		return fmt.Errorf("%w: --connections %d: want 1 or more", importer.ErrInvalidOptions, o.Connections)
 	}

@@ -17,7 +17,7 @@
 // seconds and peak RSS come from the child's rusage.
 //
 // Without -rows and -limits it runs every row at 2cores, and diskimporter,
-// diskimporter-http1, gzip-stream-layer and put-ceiling at 1core, 750m and
+// diskimporter-http2, gzip-stream-layer and put-ceiling at 1core, 750m and
 // 250m. With either flag it runs the cross product of the two lists.
 package main
 
@@ -286,7 +286,7 @@ type client struct {
 var importerFlags = map[string][]string{
 	"diskimporter":       nil,
 	"diskimporter-1conn": {"--connections", "1"},
-	"diskimporter-http1": {"--http1"},
+	"diskimporter-http2": {"--http1=false"},
 	"throttled-1":        {"--connections", "1"},
 	"throttled-4":        {"--connections", "4"},
 	"throttled-8":        {"--connections", "8"},

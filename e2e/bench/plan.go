@@ -26,20 +26,20 @@ var (
 	// allRows are the rows the default plan runs with the client on both
 	// cores, in the order they are printed.
 	allRows = []string{
-		"diskimporter", "diskimporter-1conn", "diskimporter-http1", "gzip-stream-layer",
+		"diskimporter", "diskimporter-1conn", "diskimporter-http2", "gzip-stream-layer",
 		"crane", "oras", "put-ceiling", "cpu-ceiling",
 		"throttled-1", "throttled-4", "throttled-8",
 	}
 	// limitedRows are the rows the default plan runs under each
 	// single-core placement: the designs compared, and the transport's
 	// ceiling.
-	limitedRows = []string{"diskimporter", "diskimporter-http1", "gzip-stream-layer", "put-ceiling"}
+	limitedRows = []string{"diskimporter", "diskimporter-http2", "gzip-stream-layer", "put-ceiling"}
 	// limitedLimits are the single-core placements of the default plan.
 	limitedLimits = []string{oneCore, "750m", "250m"}
 
 	// defaultRows and defaultLimits stand in for whichever of -rows and
 	// -limits is not given when the other is.
-	defaultRows   = []string{"diskimporter", "diskimporter-http1", "gzip-stream-layer", "put-ceiling", "cpu-ceiling"}
+	defaultRows   = []string{"diskimporter", "diskimporter-http2", "gzip-stream-layer", "put-ceiling", "cpu-ceiling"}
 	defaultLimits = limitedLimits
 )
 
