@@ -64,6 +64,9 @@ type Result struct {
 	// (empty over plain http).
 	TLSVersion     string `json:"tls_version,omitempty"`
 	TLSCipherSuite string `json:"tls_cipher_suite,omitempty"`
+	// Skipped: the destination already held this source (SkipExisting),
+	// and nothing was read or uploaded; the fields describe that image.
+	Skipped bool `json:"skipped,omitempty"`
 }
 
 // QCOW2Info is what the qcow2 header says.
@@ -146,6 +149,18 @@ func run(ctx context.Context, s *settings, log *slog.Logger, prog *tracker) (*Re
 		return nil, registryError("checking push permission", registry, err)
 	}
 
+	if s.SkipExisting {
+		res, err := existing(ctx, s, rt)
+		if err != nil {
+			return nil, err
+		}
+		if res != nil {
+			log.Info("the destination already holds this source; nothing to do", "reference", res.Reference)
+			res.TLSVersion, res.TLSCipherSuite = tlsSeen.get()
+			return res, nil
+		}
+	}
+
 	src, rc, err := openSource(ctx, s)
 	if err != nil {
 		return nil, err
@@ -197,7 +212,7 @@ func run(ctx context.Context, s *settings, log *slog.Logger, prog *tracker) (*Re
 	desc := diskDescription{
 		source: src.display, sourceSHA256: downloadSHA256, diskSHA256: diskSHA256,
 		format: d.format, compression: d.compression, size: d.size, sizeFrom: d.sizeFrom,
-		path: l.DiskPath(), qcow2: d.qcow2,
+		path: l.DiskPath(), qcow2: d.qcow2, checksums: s.Checksums,
 	}
 	img, err := newImage(s, l, desc)
 	if err != nil {

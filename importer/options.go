@@ -99,6 +99,13 @@ type Options struct {
 	// verified before the tag is written. Empty: none.
 	Checksums []Checksum
 
+	// SkipExisting makes a re-run idempotent: when the destination tag
+	// already holds an image made with the same settings whose
+	// annotations record one of the Checksums, Run returns its Result
+	// (Skipped set) without reading the source or uploading. It needs
+	// Checksums. False: always import.
+	SkipExisting bool
+
 	// DiskSHA256 computes the sha256 of the disk, and of the download when
 	// it differs (a compressed or converted source), for the result and
 	// the image's annotations. It costs a second sha256 pass over the
@@ -204,6 +211,9 @@ func (o Options) settings() (*settings, error) {
 	}
 	if s.MaxVirtualSize == 0 {
 		s.MaxVirtualSize = uint64(s.MaxSize)
+	}
+	if s.SkipExisting && len(s.Checksums) == 0 {
+		return nil, errSkipNeedsChecksum
 	}
 	switch {
 	case s.Connections < 0 || s.Connections > 64:

@@ -2,6 +2,7 @@ package importer
 
 import (
 	"fmt"
+	"maps"
 	"strconv"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -25,6 +26,7 @@ type diskDescription struct {
 	sizeFrom     string
 	path         string
 	qcow2        *qcow2.Info // nil unless the source is a qcow2
+	checksums    []Checksum  // expected, and verified
 }
 
 func (d diskDescription) annotations() map[string]string {
@@ -41,6 +43,7 @@ func (d diskDescription) annotations() map[string]string {
 	if d.diskSHA256 != "" {
 		a[AnnotationDiskSHA256] = "sha256:" + d.diskSHA256
 	}
+	maps.Copy(a, checksumAnnotations(d.checksums))
 	if q := d.qcow2; q != nil {
 		a[AnnotationVirtualSize] = strconv.FormatUint(q.VirtualSize, 10)
 		a[AnnotationQCOW2Version] = strconv.FormatUint(uint64(q.Version), 10)

@@ -8,6 +8,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/diskimporter/diskimporter/importer/fetch"
 	"github.com/diskimporter/diskimporter/tlsconfig"
 )
 
@@ -51,10 +52,13 @@ func registryTransport(o *settings, state *tlsState) (http.RoundTripper, error) 
 	protocols.SetHTTP1(true)
 	protocols.SetHTTP2(o.HTTP2)
 	t := &http.Transport{
-		Proxy:                 http.ProxyFromEnvironment,
-		DialContext:           (&net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
-		TLSClientConfig:       tc,
-		TLSHandshakeTimeout:   30 * time.Second,
+		Proxy:               http.ProxyFromEnvironment,
+		DialContext:         (&net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+		TLSClientConfig:     tc,
+		TLSHandshakeTimeout: 30 * time.Second,
+		// From the end of the request body: the registry commits a blob
+		// of any size in seconds.
+		ResponseHeaderTimeout: 5 * time.Minute,
 		ExpectContinueTimeout: time.Second,
 		IdleConnTimeout:       90 * time.Second,
 		MaxIdleConnsPerHost:   4,
@@ -63,9 +67,33 @@ func registryTransport(o *settings, state *tlsState) (http.RoundTripper, error) 
 		Protocols:             protocols,
 	}
 	if o.PlainHTTP {
-		return t, nil
+		return retryAfter{t}, nil
 	}
-	return httpsOnly{t}, nil
+	return retryAfter{httpsOnly{t}}, nil
+}
+
+// maxRetryAfter caps the wait a registry's Retry-After can impose.
+const maxRetryAfter = time.Minute
+
+// retryAfter holds a 429 or 503 answer for as long as its Retry-After asks
+// (up to maxRetryAfter) before handing it on: go-containerregistry retries
+// those answers, after a backoff of its own that ignores the header.
+type retryAfter struct{ next http.RoundTripper }
+
+func (r retryAfter) RoundTrip(req *http.Request) (*http.Response, error) {
+	resp, err := r.next.RoundTrip(req)
+	if err != nil || resp.StatusCode != http.StatusTooManyRequests && resp.StatusCode != http.StatusServiceUnavailable {
+		return resp, err
+	}
+	if wait := min(fetch.RetryAfter(resp.Header), maxRetryAfter); wait > 0 {
+		t := time.NewTimer(wait)
+		defer t.Stop()
+		select {
+		case <-t.C:
+		case <-req.Context().Done():
+		}
+	}
+	return resp, nil
 }
 
 // httpsOnly refuses plain-http requests. go-containerregistry tries plain

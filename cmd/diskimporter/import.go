@@ -11,6 +11,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/spf13/pflag"
 
@@ -48,6 +49,7 @@ type cliOptions struct {
 	logFormat      string
 	maxTLS         string
 	http1          bool
+	timeout        time.Duration
 }
 
 func importFlags(o *importer.Options, c *cliOptions) *pflag.FlagSet {
@@ -75,6 +77,7 @@ func importFlags(o *importer.Options, c *cliOptions) *pflag.FlagSet {
 	fs.StringArrayVar(&c.checksums, "source-checksum", nil, "expected ALGORITHM:HEX of the source as downloaded (sha256, sha512, sha1, md5); repeatable")
 	fs.StringVar(&c.sourceSHA256, "source-sha256", "", "expected sha256 of the source as downloaded, in hex")
 	fs.StringVar(&c.sourceMD5, "source-md5", "", "expected md5 of the source as downloaded, in hex")
+	fs.BoolVar(&o.SkipExisting, "skip-existing", false, "succeed without reading or uploading when the destination already holds an image of this source (recognised by --source-checksum/-sha256/-md5)")
 	fs.BoolVar(&o.DiskSHA256, "disk-sha256", false, "also compute the sha256 of the disk (and of the download, when compressed) for the result and annotations; costs a second hash pass")
 	fs.Int64Var(&o.MaxSize, "max-size", 0, "largest disk accepted after decompression, in bytes (default 2 TiB)")
 	fs.Uint64Var(&o.MaxVirtualSize, "max-virtual-size", 0, "largest virtual size a qcow2 may declare, in bytes (default --max-size)")
@@ -84,6 +87,7 @@ func importFlags(o *importer.Options, c *cliOptions) *pflag.FlagSet {
 	fs.BoolVar(&o.DockerMediaTypes, "docker-media-types", false, "write Docker v2 media types instead of OCI")
 	fs.DurationVar(&o.ProgressInterval, "progress-interval", 0, "how often to log progress (default 5s)")
 	fs.StringVar(&c.maxTLS, "tls-max-version", "1.2", "highest TLS version to the registry: 1.2 or 1.3 (the AES-GCM pin is checked on the negotiated suite either way)")
+	fs.DurationVar(&c.timeout, "timeout", 0, "fail the import (nothing tagged) when it takes longer than this; 0: no limit")
 	fs.StringVar(&c.pprofAddress, "pprof-address", "", "serve net/http/pprof on this address, such as 127.0.0.1:6060 (off when empty)")
 	fs.StringVar(&c.resultFile, "result-file", "", "also write the JSON result to this file")
 	fs.StringVar(&c.terminationLog, "termination-log", podstatus.DefaultTerminationMessagePath,
@@ -208,6 +212,12 @@ func runImport(ctx context.Context, args []string, stdout, stderr io.Writer) int
 		defer stopPprof()
 	}
 
+	if c.timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeoutCause(ctx, c.timeout,
+			fmt.Errorf("%w: --timeout %s reached", context.DeadlineExceeded, c.timeout))
+		defer cancel()
+	}
 	res, err := importer.Run(ctx, o)
 	if err != nil {
 		return fail(err)

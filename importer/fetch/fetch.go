@@ -485,13 +485,20 @@ func Transient(err error) bool {
 }
 
 func statusError(resp *http.Response) *StatusError {
-	e := &StatusError{Code: resp.StatusCode, Status: resp.Status}
-	if s, err := strconv.Atoi(resp.Header.Get("Retry-After")); err == nil && s > 0 {
-		e.RetryAfter = time.Duration(s) * time.Second
-	} else if t, err := http.ParseTime(resp.Header.Get("Retry-After")); err == nil {
-		e.RetryAfter = time.Until(t)
+	return &StatusError{Code: resp.StatusCode, Status: resp.Status, RetryAfter: RetryAfter(resp.Header)}
+}
+
+// RetryAfter is how long a Retry-After header (seconds, or an HTTP date)
+// asks to wait, or 0 when there is none or it is malformed.
+func RetryAfter(h http.Header) time.Duration {
+	v := h.Get("Retry-After")
+	if s, err := strconv.Atoi(v); err == nil && s > 0 {
+		return time.Duration(s) * time.Second
 	}
-	return e
+	if t, err := http.ParseTime(v); err == nil {
+		return max(time.Until(t), 0)
+	}
+	return 0
 }
 
 func orNone(s string) string {

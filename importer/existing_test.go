@@ -1,0 +1,106 @@
+package importer_test
+
+import (
+	"crypto/md5"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"net/http"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/diskimporter/diskimporter/importer"
+)
+
+// TestSkipExisting: a re-run with SkipExisting finds the image an earlier
+// run made of the same source (by any checksum it recorded, with the same
+// settings) and neither reads the source nor uploads.
+func TestSkipExisting(t *testing.T) {
+	t.Parallel()
+	data := diskBytes(t, 1<<20)
+	sha := importer.Checksum{Algorithm: "sha256", Hex: fmt.Sprintf("%x", sha256.Sum256(data))}
+	md := importer.Checksum{Algorithm: "md5", Hex: fmt.Sprintf("%x", md5.Sum(data))}
+	other := importer.Checksum{Algorithm: "md5", Hex: fmt.Sprintf("%x", md5.Sum(nil))}
+	reg := newTestRegistry(t)
+	src := newTestSource(t, serveBytes(data, `"v1"`))
+
+	run := func(sums []importer.Checksum, modify func(*importer.Options)) *importer.Result {
+		t.Helper()
+		o := baseOptions(reg, src.url)
+		o.DiskSHA256 = false
+		o.SkipExisting, o.Checksums = true, sums
+		if modify != nil {
+			modify(&o)
+		}
+		res, err := importer.Run(testContext(t), o)
+		if err != nil {
+			t.Fatalf("Run: %v", err)
+		}
+		return res
+	}
+
+	first := run([]importer.Checksum{sha, md}, nil)
+	if first.Skipped || src.gets.Load() != 1 {
+		t.Fatalf("first run: skipped %v after %d GETs; want an import", first.Skipped, src.gets.Load())
+	}
+	for _, tc := range []struct {
+		name   string
+		sums   []importer.Checksum
+		modify func(*importer.Options)
+		skip   bool
+	}{
+		{name: "same sha256", sums: []importer.Checksum{sha}, skip: true},
+		{name: "same md5", sums: []importer.Checksum{md}, skip: true},
+		{name: "another md5 and the same sha256", sums: []importer.Checksum{other, sha}, skip: true},
+		{name: "another platform", sums: []importer.Checksum{sha}, modify: func(o *importer.Options) { o.Platform = "linux/arm64" }},
+	} {
+		gets := src.gets.Load()
+		res := run(tc.sums, tc.modify)
+		if res.Skipped != tc.skip {
+			t.Errorf("%s: Skipped = %v, want %v", tc.name, res.Skipped, tc.skip)
+		}
+		if read := src.gets.Load() - gets; tc.skip && read != 0 {
+			t.Errorf("%s: skipped after %d GETs of the source, want none", tc.name, read)
+		}
+		if tc.skip && (res.ManifestDigest != first.ManifestDigest || res.LayerDigest != first.LayerDigest ||
+			res.Size != first.Size || res.Source != first.Source || res.SourceSHA256 != "sha256:"+sha.Hex) {
+			t.Errorf("%s: result %+v does not describe the first import %+v", tc.name, *res, *first)
+		}
+	}
+
+	o := baseOptions(reg, src.url)
+	o.SkipExisting = true
+	if _, err := importer.Run(testContext(t), o); !errors.Is(err, importer.ErrInvalidOptions) {
+		t.Errorf("SkipExisting without a checksum: %v, want ErrInvalidOptions", err)
+	}
+}
+
+// TestRegistryRetryAfter: a 429 with Retry-After on the upload is retried
+// no sooner than the registry asked, re-reading the source.
+func TestRegistryRetryAfter(t *testing.T) {
+	t.Parallel()
+	data := diskBytes(t, 1<<20)
+	var refused atomic.Bool
+	reg := newTestRegistry(t, withMiddleware(func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.Method == http.MethodPatch && refused.CompareAndSwap(false, true) {
+				w.Header().Set("Retry-After", "2")
+				http.Error(w, `{"errors":[{"code":"TOOMANYREQUESTS"}]}`, http.StatusTooManyRequests)
+				return
+			}
+			next.ServeHTTP(w, r)
+		})
+	}))
+	src := newTestSource(t, serveBytes(data, `"v1"`))
+	start := time.Now()
+	if _, err := importer.Run(testContext(t), baseOptions(reg, src.url)); err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	if took := time.Since(start); took < 2*time.Second {
+		t.Errorf("took %v: the retry came before the 2 s Retry-After", took)
+	}
+	if n := src.gets.Load(); n != 2 {
+		t.Errorf("%d GETs of the source, want 2 (the upload re-read it)", n)
+	}
+}
