@@ -1,6 +1,7 @@
 package importer
 
 import (
+	"context"
 	"crypto/tls"
 	"fmt"
 	"net"
@@ -51,9 +52,16 @@ func registryTransport(o *settings, state *tlsState) (http.RoundTripper, error) 
 	protocols := new(http.Protocols)
 	protocols.SetHTTP1(true)
 	protocols.SetHTTP2(o.HTTP2)
+	dialer := &net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second}
 	t := &http.Transport{
-		Proxy:               http.ProxyFromEnvironment,
-		DialContext:         (&net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+		Proxy: http.ProxyFromEnvironment,
+		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			c, err := dialer.DialContext(ctx, network, addr)
+			if err != nil || o.StallTimeout <= 0 {
+				return c, err
+			}
+			return writeStallConn{c, o.StallTimeout}, nil
+		},
 		TLSClientConfig:     tc,
 		TLSHandshakeTimeout: 30 * time.Second,
 		// From the end of the request body: the registry commits a blob
@@ -70,6 +78,22 @@ func registryTransport(o *settings, state *tlsState) (http.RoundTripper, error) 
 		return retryAfter{t}, nil
 	}
 	return retryAfter{httpsOnly{t}}, nil
+}
+
+// writeStallConn fails a write that makes no progress for timeout: a
+// registry that stops reading the upload does not hold the import for
+// ever. The deadline moves with every write, so a long upload is never cut
+// short.
+type writeStallConn struct {
+	net.Conn
+	timeout time.Duration
+}
+
+func (c writeStallConn) Write(p []byte) (int, error) {
+	if err := c.SetWriteDeadline(time.Now().Add(c.timeout)); err != nil {
+		return 0, err
+	}
+	return c.Conn.Write(p)
 }
 
 // maxRetryAfter caps the wait a registry's Retry-After can impose.
