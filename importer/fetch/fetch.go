@@ -292,9 +292,23 @@ func (o *Object) NewReader(ctx context.Context, first *http.Response) io.ReadClo
 		}
 	}
 	if opts.Connections > 1 && opts.ChunkSize > 0 && o.Resumable() && o.size > firstEnd {
-		return newParallelReader(ctx, cancel, o, body, firstEnd)
+		return newParallelReader(ctx, cancel, o, body, 0, firstEnd, o.size)
 	}
-	return &streamReader{ctx: ctx, cancel: cancel, o: o, body: body, bodyEnd: firstEnd}
+	return &streamReader{ctx: ctx, cancel: cancel, o: o, body: body, bodyEnd: firstEnd, end: o.size}
+}
+
+// NewSectionReader returns the n bytes of the object from offset off, in
+// order, read as NewReader reads the whole object. The object must be
+// Ranged, and the section within it.
+func (o *Object) NewSectionReader(ctx context.Context, off, n int64) (io.ReadCloser, error) {
+	if !o.ranged || off < 0 || n < 0 || off+n > o.size {
+		return nil, fmt.Errorf("bytes %d-%d of %s: out of its %d bytes, or it does not answer Range requests", off, off+n-1, o.display, o.size)
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	if o.opts.Connections > 1 && o.opts.ChunkSize > 0 && o.Resumable() && n > o.opts.ChunkSize {
+		return newParallelReader(ctx, cancel, o, nil, off, off, off+n), nil
+	}
+	return &streamReader{ctx: ctx, cancel: cancel, o: o, off: off, end: off + n}, nil
 }
 
 // streamReader reads the object as one stream: the first response, then,
@@ -307,6 +321,7 @@ type streamReader struct {
 	body    io.ReadCloser
 	bodyEnd int64 // where body ends
 	off     int64
+	end     int64 // where the read ends: the object's size, -1 when unknown
 	eof     bool
 	retries retries
 }
@@ -317,19 +332,18 @@ func (r *streamReader) Read(p []byte) (int, error) {
 			return 0, io.EOF
 		}
 		if r.body == nil {
-			if r.o.size >= 0 && r.off >= r.o.size {
+			if r.end >= 0 && r.off >= r.end {
 				r.eof = true
 				return 0, io.EOF
 			}
-			end := r.o.size
-			b, err := r.o.get(r.ctx, r.off, end)
+			b, err := r.o.get(r.ctx, r.off, r.end)
 			if err != nil {
 				if (r.off == 0 || r.o.Resumable()) && r.retry(err) {
 					continue
 				}
 				return 0, err
 			}
-			r.body, r.bodyEnd = b, end
+			r.body, r.bodyEnd = b, r.end
 		}
 		n, err := r.body.Read(p)
 		r.off += int64(n)
@@ -337,10 +351,10 @@ func (r *streamReader) Read(p []byte) (int, error) {
 		switch {
 		case err == nil:
 			return n, nil
-		case err == io.EOF && r.off == r.bodyEnd, err == io.EOF && r.o.size < 0:
+		case err == io.EOF && r.off == r.bodyEnd, err == io.EOF && r.end < 0:
 			r.body.Close()
 			r.body = nil
-			if r.o.size >= 0 && r.off < r.o.size {
+			if r.end >= 0 && r.off < r.end {
 				return n, nil // the first response was a bounded range
 			}
 			r.eof = true
@@ -348,7 +362,7 @@ func (r *streamReader) Read(p []byte) (int, error) {
 		case err == io.EOF:
 			err = io.ErrUnexpectedEOF
 		}
-		err = fmt.Errorf("GET %s: at byte %d of %d: %w", r.o.display, r.off, r.o.size, err)
+		err = fmt.Errorf("GET %s: at byte %d of %d: %w", r.o.display, r.off, r.end, err)
 		r.body.Close()
 		r.body = nil
 		if !r.o.Resumable() || !r.retry(err) {

@@ -467,3 +467,42 @@ func TestNoLength(t *testing.T) {
 		t.Errorf("%d requests, want 3", n)
 	}
 }
+
+// TestSectionReader reads byte ranges of an object, as a disk inside an
+// uncompressed layer blob is read.
+func TestSectionReader(t *testing.T) {
+	t.Parallel()
+	s := &server{data: randomBytes(10*chunk + 77), etag: `"v1"`}
+	ts := httptest.NewServer(s)
+	defer ts.Close()
+	size := int64(len(s.data))
+	// Sections of a chunk or less are read as one stream, longer ones in
+	// pieces.
+	for _, conns := range []int{2, 4} {
+		ctx := context.Background()
+		obj, resp, err := fetch.Open(ctx, client(), ts.URL, "the blob", nil, fetch.Options{Connections: conns, ChunkSize: chunk})
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body) // so that the bytes sent are counted before the sections
+		resp.Body.Close()
+		for _, sec := range [][2]int64{{0, size}, {1024, 3*chunk + 5}, {size - 10, 10}, {512, 0}, {chunk, chunk}} {
+			before := s.sent.Load()
+			r, err := obj.NewSectionReader(ctx, sec[0], sec[1])
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, err := io.ReadAll(r)
+			r.Close()
+			if err != nil || !bytes.Equal(got, s.data[sec[0]:sec[0]+sec[1]]) {
+				t.Errorf("%d connections, section %v: %d bytes, %v", conns, sec, len(got), err)
+			}
+			if sent := s.sent.Load() - before; sent != sec[1] {
+				t.Errorf("%d connections, section %v: server sent %d bytes", conns, sec, sent)
+			}
+		}
+		if _, err := obj.NewSectionReader(ctx, size-1, 2); err == nil {
+			t.Error("a section past the end was accepted")
+		}
+	}
+}

@@ -49,7 +49,9 @@ type piece struct {
 	done   bool
 }
 
-func newParallelReader(ctx context.Context, cancel context.CancelFunc, o *Object, first io.ReadCloser, firstEnd int64) *parallelReader {
+// newParallelReader reads bytes [from, to) of o; first, when not nil,
+// holds bytes [from, firstEnd).
+func newParallelReader(ctx context.Context, cancel context.CancelFunc, o *Object, first io.ReadCloser, from, firstEnd, to int64) *parallelReader {
 	n := o.opts.Connections
 	r := &parallelReader{
 		ctx: ctx, cancel: cancel, o: o,
@@ -61,22 +63,22 @@ func newParallelReader(ctx context.Context, cancel context.CancelFunc, o *Object
 		r.free <- nil
 	}
 	r.wg.Add(1)
-	go r.dispatch(first, firstEnd)
+	go r.dispatch(first, from, firstEnd, to)
 	return r
 }
 
 // dispatch starts one goroutine per piece, in order, each when a buffer is
 // free. The first piece is what the first response covers, when there is
 // one.
-func (r *parallelReader) dispatch(first io.ReadCloser, firstEnd int64) {
+func (r *parallelReader) dispatch(first io.ReadCloser, from, firstEnd, to int64) {
 	defer r.wg.Done()
 	defer close(r.order)
 	chunk := r.o.opts.ChunkSize
-	for start := int64(0); start < r.o.size; {
-		length := min(chunk, r.o.size-start)
+	for start := from; start < to; {
+		length := min(chunk, to-start)
 		body := io.ReadCloser(nil)
-		if start == 0 && first != nil {
-			length, body = firstEnd, first
+		if start == from && first != nil {
+			length, body = firstEnd-from, first
 		}
 		var buf []byte
 		select {
