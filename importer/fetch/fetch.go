@@ -70,6 +70,10 @@ type Options struct {
 	// OnRetry, when set, is told of each failure that is about to be
 	// retried, with the offset the retry resumes from.
 	OnRetry func(offset int64, err error)
+	// Immutable says the object never changes (a content-addressed blob
+	// whose digest the caller checks): it may be split and resumed
+	// without an ETag or Last-Modified.
+	Immutable bool
 }
 
 const maxRetryWait = 10 * time.Second
@@ -112,6 +116,13 @@ func Open(ctx context.Context, client *http.Client, rawURL, display string, head
 	var retries retries
 	for {
 		resp, err := o.open(ctx, probe)
+		var se *StatusError
+		if probe > 0 && errors.As(err, &se) && se.Code == http.StatusRequestedRangeNotSatisfiable {
+			// Some servers refuse a range past the end of a short
+			// object instead of shortening it: ask for it whole.
+			probe = 0
+			continue
+		}
 		if err == nil || unreachable(err) || !retries.retry(ctx, &o.opts, 0, err) {
 			return o, resp, err
 		}
@@ -178,7 +189,9 @@ func (o *Object) Ranged() bool { return o.ranged }
 // into Range requests, without risk of mixing two versions: the server
 // answers Range requests, and the object has a length and a validator
 // (a strong ETag or Last-Modified) for If-Range.
-func (o *Object) Resumable() bool { return o.ranged && o.size > 0 && o.validator != "" }
+func (o *Object) Resumable() bool {
+	return o.ranged && o.size > 0 && (o.validator != "" || o.opts.Immutable)
+}
 
 // Redirected tells whether the first GET was redirected; requests go
 // straight to where it ended.
@@ -280,21 +293,34 @@ func (o *Object) getFrom(ctx context.Context, target string, start, end int64) (
 // resumed with a Range request when it fails and the object is Resumable.
 // Close stops every request.
 func (o *Object) NewReader(ctx context.Context, first *http.Response) io.ReadCloser {
-	opts := &o.opts
+	body, firstEnd := o.firstBody(first)
 	ctx, cancel := context.WithCancel(ctx)
-	var body io.ReadCloser
-	var firstEnd int64
-	if first != nil {
-		body, firstEnd = newWatchedBody(first.Body, o.opts.StallTimeout), o.size
-		if first.StatusCode == http.StatusPartialContent {
-			_, end, _, _ := parseContentRange(first.Header.Get("Content-Range"))
-			firstEnd = end + 1
-		}
-	}
-	if opts.Connections > 1 && opts.ChunkSize > 0 && o.Resumable() && o.size > firstEnd {
+	if o.opts.Connections > 1 && o.opts.ChunkSize > 0 && o.Resumable() && o.size > firstEnd {
 		return newParallelReader(ctx, cancel, o, body, 0, firstEnd, o.size)
 	}
 	return &streamReader{ctx: ctx, cancel: cancel, o: o, body: body, bodyEnd: firstEnd, end: o.size}
+}
+
+// Stream is NewReader on one connection, whatever Options.Connections
+// says: for a reader that needs only the first bytes of a large object.
+func (o *Object) Stream(ctx context.Context, first *http.Response) io.ReadCloser {
+	body, firstEnd := o.firstBody(first)
+	ctx, cancel := context.WithCancel(ctx)
+	return &streamReader{ctx: ctx, cancel: cancel, o: o, body: body, bodyEnd: firstEnd, end: o.size}
+}
+
+// firstBody returns the body of the response Open returned, watched for
+// stalls, and where it ends; nil and 0 without one.
+func (o *Object) firstBody(first *http.Response) (io.ReadCloser, int64) {
+	if first == nil {
+		return nil, 0
+	}
+	end := o.size
+	if first.StatusCode == http.StatusPartialContent {
+		_, last, _, _ := parseContentRange(first.Header.Get("Content-Range"))
+		end = last + 1
+	}
+	return newWatchedBody(first.Body, o.opts.StallTimeout), end
 }
 
 // NewSectionReader returns the n bytes of the object from offset off, in

@@ -1,0 +1,370 @@
+// Package blob finds the disk of a containerDisk image in a registry and
+// reads it through the fetch engine: the manifest is resolved with
+// go-containerregistry, the layer blob is read with bounded Range requests
+// on several connections (following the registry's redirect to an object
+// store, with the registry's credentials kept to the registry).
+//
+// The disk is the regular file under disk/ (or ./disk/), as KubeVirt and
+// CDI find it. In an uncompressed layer the disk is a byte range of the
+// blob, read alone; a gzip or zstd layer is read whole and decompressed.
+package blob
+
+import (
+	"archive/tar"
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+	"net/http"
+	"path"
+	"slices"
+	"strings"
+
+	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
+	"github.com/google/go-containerregistry/pkg/v1/types"
+
+	"github.com/diskimporter/diskimporter/importer/decompress"
+	"github.com/diskimporter/diskimporter/importer/detect"
+	"github.com/diskimporter/diskimporter/importer/fetch"
+)
+
+// Errors a caller may want to tell apart.
+var (
+	// ErrNoDisk: the image holds no regular file under disk/.
+	ErrNoDisk = errors.New("no disk in the image")
+	// ErrPlatform: an image index has no image for the platform.
+	ErrPlatform = errors.New("no image for the platform")
+	// ErrLayer: the layer's media type is not one diskimporter reads.
+	ErrLayer = errors.New("unsupported layer")
+)
+
+// Options say how to reach the registry.
+type Options struct {
+	// Keychain gives the credentials. Nil: anonymous.
+	Keychain authn.Keychain
+	// Transport is the base transport (TLS, proxies): credentials are
+	// added above it, for the registry's host only.
+	Transport http.RoundTripper
+	// Platform picks the image of an index. Nil: linux/amd64.
+	Platform *v1.Platform
+	// Fetch says how blobs are read.
+	Fetch fetch.Options
+}
+
+// Disk is the disk of a containerDisk image.
+type Disk struct {
+	// Ref is the image, pinned by the digest of its manifest.
+	Ref name.Digest
+	// Manifest is the image's manifest.
+	Manifest *v1.Manifest
+	// Layer is the descriptor of the layer holding the disk.
+	Layer v1.Descriptor
+	// Path is the disk's path in the layer, such as disk/disk.img.
+	Path string
+	// Size is the disk's length in bytes.
+	Size int64
+	// Offset is where the disk starts in the layer blob, or -1 when the
+	// layer is compressed.
+	Offset int64
+
+	blob        *fetch.Object
+	compression detect.Compression
+}
+
+// Open resolves ref and finds its disk. Nothing of the disk is read yet,
+// only the manifest and the tar headers before the disk.
+func Open(ctx context.Context, ref name.Reference, o Options) (*Disk, error) {
+	if o.Keychain == nil {
+		o.Keychain = authn.NewMultiKeychain() // anonymous
+	}
+	platform := v1.Platform{OS: "linux", Architecture: "amd64"}
+	if o.Platform != nil {
+		platform = *o.Platform
+	}
+	ropts := []remote.Option{remote.WithContext(ctx), remote.WithAuthFromKeychain(o.Keychain), remote.WithPlatform(platform)}
+	if o.Transport != nil {
+		ropts = append(ropts, remote.WithTransport(o.Transport))
+	}
+	desc, err := remote.Get(ref, ropts...)
+	if err != nil {
+		return nil, fmt.Errorf("resolving %s: %w", ref, err)
+	}
+	if desc.MediaType.IsIndex() {
+		if err := checkPlatform(desc, platform); err != nil {
+			return nil, fmt.Errorf("%s: %w", ref, err)
+		}
+	}
+	img, err := desc.Image()
+	if err != nil {
+		return nil, fmt.Errorf("reading the image %s: %w", ref, err)
+	}
+	digest, err := img.Digest()
+	if err != nil {
+		return nil, err
+	}
+	m, err := img.Manifest()
+	if err != nil {
+		return nil, fmt.Errorf("reading the manifest of %s: %w", ref, err)
+	}
+	d := &Disk{Ref: ref.Context().Digest(digest.String()), Manifest: m}
+
+	auth, err := o.Keychain.Resolve(ref.Context())
+	if err != nil {
+		return nil, fmt.Errorf("credentials for %s: %w", ref.Context(), err)
+	}
+	base := o.Transport
+	if base == nil {
+		base = http.DefaultTransport
+	}
+	rt, err := transport.NewWithContext(ctx, ref.Context().Registry, auth, base, []string{ref.Context().Scope(transport.PullScope)})
+	if err != nil {
+		return nil, fmt.Errorf("authenticating to %s: %w", ref.Context().Registry, err)
+	}
+	client := &http.Client{Transport: rt, CheckRedirect: fetch.CheckRedirect}
+
+	// The disk is in the last layer that holds one, as later layers
+	// override earlier ones.
+	for i := len(m.Layers) - 1; i >= 0; i-- {
+		found, err := d.find(ctx, client, m.Layers[i], o.Fetch)
+		if err != nil || found {
+			return d, err
+		}
+	}
+	return nil, fmt.Errorf("%w: %s has no regular file under disk/ in its %d layers", ErrNoDisk, d.Ref, len(m.Layers))
+}
+
+// checkPlatform fails, listing the platforms the index has, when it has
+// no image for p.
+func checkPlatform(desc *remote.Descriptor, p v1.Platform) error {
+	idx, err := desc.ImageIndex()
+	if err != nil {
+		return err
+	}
+	im, err := idx.IndexManifest()
+	if err != nil {
+		return err
+	}
+	var have []string
+	for _, m := range im.Manifests {
+		if m.Platform == nil {
+			continue
+		}
+		if m.Platform.Satisfies(p) {
+			return nil
+		}
+		have = append(have, m.Platform.String())
+	}
+	slices.Sort(have)
+	return fmt.Errorf("%w %s; the index has %s", ErrPlatform, p.String(), strings.Join(have, ", "))
+}
+
+// find looks for the disk in layer l, and makes it d's when found.
+func (d *Disk) find(ctx context.Context, client *http.Client, l v1.Descriptor, opts fetch.Options) (bool, error) {
+	var c detect.Compression
+	switch l.MediaType {
+	case types.OCIUncompressedLayer, types.DockerUncompressedLayer, types.OCIUncompressedRestrictedLayer:
+		c = detect.None
+	case types.OCILayer, types.DockerLayer, types.OCIRestrictedLayer:
+		c = detect.Gzip
+	case types.OCILayerZStd:
+		c = detect.Zstd
+	default:
+		return false, fmt.Errorf("%w: layer %s has media type %s", ErrLayer, l.Digest, l.MediaType)
+	}
+	// https always: go-containerregistry's Scheme() would say http for
+	// loopback and private addresses.
+	u := fmt.Sprintf("https://%s/v2/%s/blobs/%s", d.Ref.Context().RegistryStr(), d.Ref.Context().RepositoryStr(), l.Digest)
+	display := d.Ref.Context().String() + "@" + l.Digest.String()
+	opts.Immutable = true // the digest is checked by whoever reads it
+	obj, resp, err := fetch.Open(ctx, client, u, display, nil, opts)
+	if err != nil {
+		return false, fmt.Errorf("reading layer %s: %w", display, err)
+	}
+	if obj.Size() >= 0 && obj.Size() != l.Size {
+		resp.Body.Close()
+		return false, fmt.Errorf("layer %s is %d bytes, its descriptor says %d", display, obj.Size(), l.Size)
+	}
+	blob := obj.Stream(ctx, resp) // the headers are at the start
+	defer blob.Close()
+
+	// Read the tar headers up to the disk, counting the bytes before it.
+	counted := &countingReader{r: blob}
+	stream := io.Reader(counted)
+	if c != detect.None {
+		dec, err := decompress.NewReader(c, counted)
+		if err != nil {
+			return false, fmt.Errorf("layer %s: %w", display, err)
+		}
+		defer dec.Close()
+		stream = dec
+	}
+	tr := tar.NewReader(stream)
+	for {
+		h, err := tr.Next()
+		if err == io.EOF {
+			return false, nil
+		}
+		if err != nil {
+			return false, fmt.Errorf("layer %s: reading its tar headers: %w", display, err)
+		}
+		if h.Typeflag != tar.TypeReg || !isDisk(h.Name) {
+			continue
+		}
+		d.Layer, d.Path, d.Size, d.Offset = l, path.Clean(h.Name), h.Size, -1
+		d.blob, d.compression = obj, c
+		if c == detect.None {
+			d.Offset = counted.n // the tar reader reads headers block by block
+		}
+		return true, nil
+	}
+}
+
+// isDisk tells whether a tar entry name is a file under disk/.
+func isDisk(name string) bool {
+	name = strings.TrimPrefix(name, "./")
+	dir, file := path.Split(name)
+	return dir == "disk/" && file != ""
+}
+
+type countingReader struct {
+	r io.Reader
+	n int64
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += int64(n)
+	return n, err
+}
+
+// Compressed tells whether the disk's layer is compressed.
+func (d *Disk) Compressed() bool { return d.Offset < 0 }
+
+// Reader returns the disk's bytes in order, and checks the layer blob
+// against its descriptor's digest and size: the error that ends the disk
+// is ErrDigest rather than io.EOF when they differ. In an uncompressed
+// layer it reads the disk's byte range of the blob on its own (in
+// parallel pieces), and the few bytes before and after it for the digest;
+// a compressed layer is read whole and decompressed.
+func (d *Disk) Reader(ctx context.Context) (io.ReadCloser, error) {
+	h := sha256.New()
+	if d.Offset >= 0 {
+		head, err := d.blob.NewSectionReader(ctx, 0, d.Offset)
+		if err != nil {
+			return nil, err
+		}
+		_, err = io.Copy(h, head)
+		head.Close()
+		if err != nil {
+			return nil, fmt.Errorf("layer %s: %w", d.Layer.Digest, err)
+		}
+		body, err := d.blob.NewSectionReader(ctx, d.Offset, d.Size)
+		if err != nil {
+			return nil, err
+		}
+		tailAt := d.Offset + d.Size
+		return &diskReader{r: io.TeeReader(body, h), left: d.Size, close: body.Close, finish: func() error {
+			tail, err := d.blob.NewSectionReader(ctx, tailAt, d.blob.Size()-tailAt)
+			if err != nil {
+				return err
+			}
+			defer tail.Close()
+			if _, err := io.Copy(h, tail); err != nil {
+				return err
+			}
+			return d.check(h, d.blob.Size())
+		}}, nil
+	}
+
+	blob := d.blob.NewReader(ctx, nil)
+	counted := &countingReader{r: io.TeeReader(blob, h)}
+	dec, err := decompress.NewReader(d.compression, counted)
+	if err != nil {
+		blob.Close()
+		return nil, err
+	}
+	closeAll := func() error { dec.Close(); return blob.Close() }
+	tr := tar.NewReader(dec)
+	for {
+		hdr, err := tr.Next()
+		if err != nil {
+			closeAll()
+			if err == io.EOF {
+				err = fmt.Errorf("%w: %s is no longer in layer %s", ErrNoDisk, d.Path, d.Layer.Digest)
+			}
+			return nil, err
+		}
+		if hdr.Typeflag == tar.TypeReg && path.Clean(hdr.Name) == d.Path {
+			return &diskReader{r: tr, left: d.Size, close: closeAll, finish: func() error {
+				if _, err := io.Copy(io.Discard, counted); err != nil { // the rest of the blob, for its digest
+					return err
+				}
+				return d.check(h, counted.n)
+			}}, nil
+		}
+	}
+}
+
+// ErrDigest: the layer blob is not what its descriptor says.
+var ErrDigest = errors.New("layer blob does not match its digest")
+
+// check compares the blob's sha256 and size with the layer descriptor.
+func (d *Disk) check(h hash.Hash, size int64) error {
+	got := fmt.Sprintf("sha256:%x", h.Sum(nil))
+	if got != d.Layer.Digest.String() || size != d.Layer.Size {
+		return fmt.Errorf("%w: read %d bytes with digest %s, the manifest says %d bytes, %s",
+			ErrDigest, size, got, d.Layer.Size, d.Layer.Digest)
+	}
+	return nil
+}
+
+// diskReader gives the disk's left bytes from r, then runs finish (the
+// digest check) before it says io.EOF.
+type diskReader struct {
+	r      io.Reader
+	left   int64
+	close  func() error
+	finish func() error
+	done   bool
+	err    error
+}
+
+func (d *diskReader) Read(p []byte) (int, error) {
+	if d.left == 0 {
+		if !d.done {
+			d.done, d.err = true, d.finish()
+			if d.err == nil {
+				d.err = io.EOF
+			}
+		}
+		return 0, d.err
+	}
+	if int64(len(p)) > d.left {
+		p = p[:d.left]
+	}
+	n, err := d.r.Read(p)
+	d.left -= int64(n)
+	if err == io.EOF && d.left > 0 {
+		err = io.ErrUnexpectedEOF
+	} else if err == io.EOF {
+		err = nil // finish runs on the next Read
+	}
+	return n, err
+}
+
+func (d *diskReader) Close() error { return d.close() }
+
+// ReaderAt returns random access to the disk, or nil when its layer is
+// compressed.
+func (d *Disk) ReaderAt(ctx context.Context) io.ReaderAt {
+	if d.Offset < 0 || !d.blob.Ranged() {
+		return nil
+	}
+	return io.NewSectionReader(d.blob.ReaderAt(ctx), d.Offset, d.Size)
+}
