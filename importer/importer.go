@@ -212,7 +212,7 @@ func run(ctx context.Context, s *settings, log *slog.Logger, prog *tracker) (*Re
 	desc := diskDescription{
 		source: src.display, sourceSHA256: downloadSHA256, diskSHA256: diskSHA256,
 		format: d.format, compression: d.compression, size: d.size, sizeFrom: d.sizeFrom,
-		path: l.DiskPath(), qcow2: d.qcow2, checksums: s.Checksums,
+		path: l.DiskPath(), qcow2: d.qcow2, checksums: s.Checksums, sourceDigest: src.digest,
 	}
 	img, err := newImage(s, l, desc)
 	if err != nil {

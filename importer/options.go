@@ -18,9 +18,14 @@ import (
 // Options configures one import. The zero value of every field but Source
 // and Destination is a usable default, stated on the field.
 type Options struct {
-	// Source is the disk image: an http:// or https:// URL, a file:// URL or
-	// a local path. Required.
+	// Source is the disk image: an http:// or https:// URL, a file:// URL,
+	// a local path, or docker://REGISTRY/REPO:TAG (or @sha256:…), the disk
+	// of a containerDisk image. Required.
 	Source string
+
+	// SourceUsername and SourcePassword authenticate to a docker:// source.
+	// Empty: Keychain is asked (never the destination's Username).
+	SourceUsername, SourcePassword string
 
 	// Destination is the image reference to push to, REGISTRY/REPO:TAG.
 	// Required. A reference without a tag gets "latest"; a digest
@@ -163,6 +168,8 @@ type settings struct {
 	Options
 	ref      name.Tag
 	platform v1.Platform
+	// sourceKeychain gives a docker:// source its credentials.
+	sourceKeychain authn.Keychain
 }
 
 func (o Options) settings() (*settings, error) {
@@ -250,6 +257,12 @@ func (o Options) settings() (*settings, error) {
 	}
 	if s.Keychain == nil {
 		s.Keychain = authn.DefaultKeychain
+	}
+	s.sourceKeychain = s.Keychain
+	if s.SourceUsername != "" {
+		s.sourceKeychain = staticKeychain{authn.FromConfig(authn.AuthConfig{Username: s.SourceUsername, Password: s.SourcePassword})}
+	} else if s.SourcePassword != "" {
+		return nil, fmt.Errorf("%w: a source password was given without a source username", ErrInvalidOptions)
 	}
 	if s.Username != "" {
 		s.Keychain = staticKeychain{authn.FromConfig(authn.AuthConfig{Username: s.Username, Password: s.Password})}

@@ -27,6 +27,7 @@ type diskDescription struct {
 	path         string
 	qcow2        *qcow2.Info // nil unless the source is a qcow2
 	checksums    []Checksum  // expected, and verified
+	sourceDigest string      // manifest digest of a docker:// source
 }
 
 func (d diskDescription) annotations() map[string]string {
@@ -44,6 +45,9 @@ func (d diskDescription) annotations() map[string]string {
 		a[AnnotationDiskSHA256] = "sha256:" + d.diskSHA256
 	}
 	maps.Copy(a, checksumAnnotations(d.checksums))
+	if d.sourceDigest != "" {
+		a[AnnotationSourceDigest] = d.sourceDigest
+	}
 	if q := d.qcow2; q != nil {
 		a[AnnotationVirtualSize] = strconv.FormatUint(q.VirtualSize, 10)
 		a[AnnotationQCOW2Version] = strconv.FormatUint(uint64(q.Version), 10)

@@ -12,8 +12,10 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"strings"
 	"time"
 
+	"github.com/diskimporter/diskimporter/importer/blob"
 	"github.com/diskimporter/diskimporter/importer/fetch"
 )
 
@@ -28,6 +30,8 @@ type source struct {
 	// readerAt gives random access to the source bytes, or is nil when the
 	// source has none (an HTTP server that does not answer Range requests).
 	readerAt func(ctx context.Context) io.ReaderAt
+	// digest is the manifest digest of a docker:// source.
+	digest string
 }
 
 // openSource opens o.Source and returns the source and a reader of its
@@ -42,8 +46,10 @@ func openSource(ctx context.Context, o *settings) (*source, io.ReadCloser, error
 		return openFile(u.Path)
 	case "http", "https":
 		return openHTTP(ctx, o, u)
+	case "docker":
+		return openRegistry(ctx, o, strings.TrimPrefix(o.Source, "docker://"))
 	}
-	return nil, nil, fmt.Errorf("%w: source scheme %q: use http://, https://, file:// or a path", ErrInvalidOptions, u.Scheme)
+	return nil, nil, fmt.Errorf("%w: source scheme %q: use http://, https://, file://, docker:// or a path", ErrInvalidOptions, u.Scheme)
 }
 
 func openFile(path string) (*source, io.ReadCloser, error) {
@@ -97,15 +103,7 @@ func openHTTP(ctx context.Context, o *settings, u *url.URL) (*source, io.ReadClo
 		return nil, nil, err
 	}
 	display := Redact(u.String())
-	opts := fetch.Options{
-		Connections:  o.Connections,
-		ChunkSize:    o.ChunkSize,
-		Retries:      o.Retries,
-		StallTimeout: o.StallTimeout,
-		OnRetry: func(offset int64, err error) {
-			o.Logger.Warn("source read failed; resuming", "source", display, "offset", offset, "error", err)
-		},
-	}
+	opts := o.fetchOptions(display)
 	// With more than one connection, the first GET asks for the first
 	// piece only: a 206 says the rest can be read in parallel pieces.
 	obj, resp, err := fetch.Open(ctx, client, u.String(), display, nil, opts)
@@ -135,6 +133,8 @@ func sourceError(err error) error {
 		return err
 	case errors.Is(err, fetch.ErrChanged):
 		return fmt.Errorf("%w: %w", ErrSourceChanged, err)
+	case errors.Is(err, blob.ErrDigest):
+		return fmt.Errorf("%w: %w", ErrCorruptSource, err)
 	case errors.As(err, &se) && (se.Code == http.StatusNotFound || se.Code == http.StatusGone):
 		return fmt.Errorf("%w: %w", ErrSourceNotFound, err)
 	case errors.As(err, &se) && (se.Code == http.StatusUnauthorized || se.Code == http.StatusForbidden):
@@ -172,6 +172,18 @@ func (r sourceReaderAt) ReadAt(p []byte, off int64) (int, error) {
 // timeout, since a disk download takes as long as it takes: a stalled
 // response is caught by the stall timeout instead.
 func sourceClient(o *settings) (*http.Client, error) {
+	t, err := sourceTransport(o)
+	if err != nil {
+		return nil, err
+	}
+	return &http.Client{
+		Transport:     t,
+		CheckRedirect: fetch.CheckRedirect,
+	}, nil
+}
+
+// sourceTransport is the transport of sourceClient.
+func sourceTransport(o *settings) (*http.Transport, error) {
 	tc := &tls.Config{MinVersion: tls.VersionTLS12, InsecureSkipVerify: o.SourceInsecureSkipVerify}
 	if o.SourceCAFile != "" {
 		pem, err := os.ReadFile(o.SourceCAFile)
@@ -203,8 +215,5 @@ func sourceClient(o *settings) (*http.Client, error) {
 		DisableCompression: true,
 	}
 	t.Protocols.SetHTTP1(true)
-	return &http.Client{
-		Transport:     t,
-		CheckRedirect: fetch.CheckRedirect,
-	}, nil
+	return t, nil
 }

@@ -55,7 +55,7 @@ type cliOptions struct {
 func importFlags(o *importer.Options, c *cliOptions) *pflag.FlagSet {
 	fs := pflag.NewFlagSet("import", pflag.ContinueOnError)
 	fs.SortFlags = false
-	fs.StringVar(&o.Source, "source", "", "disk image: http(s):// URL, file:// URL or path (required)")
+	fs.StringVar(&o.Source, "source", "", "disk image: http(s):// URL, file:// URL, path, or docker://REGISTRY/REPO:TAG of a containerDisk (required)")
 	fs.StringVar(&o.Destination, "destination", "", "image to write, REGISTRY/REPO:TAG (required)")
 	fs.StringVar(&o.Username, "username", "", "registry user name (default: the Docker config keychain)")
 	fs.StringVar(&o.Password, "password", "", "registry password; prefer DISKIMPORTER_PASSWORD, a flag shows in ps")
@@ -70,6 +70,8 @@ func importFlags(o *importer.Options, c *cliOptions) *pflag.FlagSet {
 	fs.Var((*byteSize)(&o.ChunkSize), "chunk-size", "length of each Range request, such as 8MiB; reassembly holds --connections × this")
 	fs.IntVar(&o.Retries, "retries", importer.DefaultRetries, "failures in a row retried reading the source (resuming where it stopped) or uploading; 0: none")
 	fs.DurationVar(&o.StallTimeout, "stall-timeout", importer.DefaultStallTimeout, "drop and resume a source response that gives no byte for this long; 0: never")
+	fs.StringVar(&o.SourceUsername, "source-username", "", "user name for a docker:// source (default: the Docker config keychain)")
+	fs.StringVar(&o.SourcePassword, "source-password", "", "password for a docker:// source; prefer DISKIMPORTER_SOURCE_PASSWORD")
 	fs.StringVar(&o.SourceCAFile, "source-ca-file", "", "PEM CA bundle trusted for an https source, besides the system roots")
 	fs.BoolVar(&o.SourceInsecureSkipVerify, "source-insecure-skip-tls-verify", false, "do not verify the source's certificate")
 	fs.StringVar(&o.Format, "format", "", "fail unless the disk (after decompression) is in this format: raw, qcow2 or iso")

@@ -251,10 +251,11 @@ func (d *Disk) Compressed() bool { return d.Offset < 0 }
 // is ErrDigest rather than io.EOF when they differ. In an uncompressed
 // layer it reads the disk's byte range of the blob on its own (in
 // parallel pieces), and the few bytes before and after it for the digest;
-// a compressed layer is read whole and decompressed.
+// a compressed layer, or one from a server that does not answer Range
+// requests, is read whole (and decompressed).
 func (d *Disk) Reader(ctx context.Context) (io.ReadCloser, error) {
 	h := sha256.New()
-	if d.Offset >= 0 {
+	if d.Offset >= 0 && d.blob.Ranged() {
 		head, err := d.blob.NewSectionReader(ctx, 0, d.Offset)
 		if err != nil {
 			return nil, err
@@ -282,15 +283,20 @@ func (d *Disk) Reader(ctx context.Context) (io.ReadCloser, error) {
 		}}, nil
 	}
 
+	// A compressed layer, or a server that does not answer Range
+	// requests: the blob is read whole.
 	blob := d.blob.NewReader(ctx, nil)
 	counted := &countingReader{r: io.TeeReader(blob, h)}
-	dec, err := decompress.NewReader(d.compression, counted)
-	if err != nil {
-		blob.Close()
-		return nil, err
+	stream, closeAll := io.Reader(counted), blob.Close
+	if d.compression != detect.None {
+		dec, err := decompress.NewReader(d.compression, counted)
+		if err != nil {
+			blob.Close()
+			return nil, err
+		}
+		stream, closeAll = dec, func() error { dec.Close(); return blob.Close() }
 	}
-	closeAll := func() error { dec.Close(); return blob.Close() }
-	tr := tar.NewReader(dec)
+	tr := tar.NewReader(stream)
 	for {
 		hdr, err := tr.Next()
 		if err != nil {

@@ -85,11 +85,12 @@ type Object struct {
 	header  http.Header // sent only to url's origin
 	display string      // url without credentials, for errors
 
-	size      int64  // -1 when unknown
-	ranged    bool   // the server answered a Range request with 206
-	validator string // If-Range value: a strong ETag or Last-Modified; "" none
-	etag      string
-	modified  string
+	size       int64  // -1 when unknown
+	ranged     bool   // the server answers Range requests with 206
+	rangeAware bool   // it answered the probe with 416, a Range answer
+	validator  string // If-Range value: a strong ETag or Last-Modified; "" none
+	etag       string
+	modified   string
 
 	opts Options
 
@@ -119,8 +120,9 @@ func Open(ctx context.Context, client *http.Client, rawURL, display string, head
 		var se *StatusError
 		if probe > 0 && errors.As(err, &se) && se.Code == http.StatusRequestedRangeNotSatisfiable {
 			// Some servers refuse a range past the end of a short
-			// object instead of shortening it: ask for it whole.
-			probe = 0
+			// object instead of shortening it: ask for it whole. They
+			// answer Range requests, if not that one.
+			probe, o.rangeAware = 0, true
 			continue
 		}
 		if err == nil || unreachable(err) || !retries.retry(ctx, &o.opts, 0, err) {
@@ -162,7 +164,7 @@ func (o *Object) open(ctx context.Context, probe int64) (*http.Response, error) 
 		o.size = resp.ContentLength
 		// Without a probe, trust Accept-Ranges; every Range answer is
 		// checked anyway.
-		o.ranged = probe == 0 && o.size > 0 && resp.Header.Get("Accept-Ranges") == "bytes"
+		o.ranged = probe == 0 && o.size > 0 && (resp.Header.Get("Accept-Ranges") == "bytes" || o.rangeAware)
 	case http.StatusPartialContent:
 		start, end, total, ok := parseContentRange(resp.Header.Get("Content-Range"))
 		if !ok || start != 0 || end >= probe || total <= end || resp.ContentLength >= 0 && resp.ContentLength != end+1 {
