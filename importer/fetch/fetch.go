@@ -418,7 +418,11 @@ func (r *streamReader) Close() error {
 // fill reads bytes [start, start+len(buf)) of the object into buf, from
 // body first when it is not nil, resuming after failures; it calls
 // progress with the count of bytes in buf after each read.
-func (o *Object) fill(ctx context.Context, start int64, buf []byte, body io.ReadCloser, progress func(filled int)) error {
+//
+// a, when not nil, lets another goroutine drop the response being read
+// (a straggler): the read then resumes at once on a new request, and the
+// drop does not count as a failure.
+func (o *Object) fill(ctx context.Context, start int64, buf []byte, body io.ReadCloser, progress func(filled int), a *attempt) error {
 	filled := 0
 	var retries retries
 	defer func() {
@@ -426,6 +430,7 @@ func (o *Object) fill(ctx context.Context, start int64, buf []byte, body io.Read
 			body.Close()
 		}
 	}()
+	a.set(body)
 	for filled < len(buf) {
 		if body == nil {
 			b, err := o.get(ctx, start+int64(filled), start+int64(len(buf)))
@@ -436,6 +441,7 @@ func (o *Object) fill(ctx context.Context, start int64, buf []byte, body io.Read
 				return err
 			}
 			body = b
+			a.set(body)
 		}
 		n, err := body.Read(buf[filled:])
 		retries.progress(n)
@@ -457,11 +463,56 @@ func (o *Object) fill(ctx context.Context, start int64, buf []byte, body io.Read
 		err = fmt.Errorf("GET %s bytes %d-%d: at byte %d: %w", o.display, start, start+int64(len(buf))-1, start+int64(filled), err)
 		body.Close()
 		body = nil
+		a.set(nil)
+		if a.dropped() {
+			continue // a straggler, dropped on purpose: resume at once
+		}
 		if !retries.retry(ctx, &o.opts, start+int64(filled), err) {
 			return err
 		}
 	}
 	return nil
+}
+
+// attempt is the response a fill is reading, which another goroutine may
+// drop. A nil *attempt does nothing.
+type attempt struct {
+	mu   sync.Mutex
+	body io.ReadCloser
+	drop bool
+}
+
+func (a *attempt) set(body io.ReadCloser) {
+	if a == nil {
+		return
+	}
+	a.mu.Lock()
+	a.body = body
+	a.mu.Unlock()
+}
+
+// cut closes the response being read, if any, and says whether it did.
+func (a *attempt) cut() bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.body == nil {
+		return false
+	}
+	a.drop = true
+	a.body.Close()
+	return true
+}
+
+// dropped tells whether the last failure was a cut, and forgets it.
+func (a *attempt) dropped() bool {
+	if a == nil {
+		return false
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	d := a.drop
+	a.drop = false
+	return d
 }
 
 // resetAfter is how many bytes one read must give after a failure for the

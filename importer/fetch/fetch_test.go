@@ -9,6 +9,7 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -504,5 +505,55 @@ func TestSectionReader(t *testing.T) {
 		if _, err := obj.NewSectionReader(ctx, size-1, 2); err == nil {
 			t.Error("a section past the end was accepted")
 		}
+	}
+}
+
+// TestStraggler: a piece whose first connection crawls while the others
+// are fast is dropped and resumed on a new connection, from where it
+// stopped.
+func TestStraggler(t *testing.T) {
+	t.Parallel()
+	const piece = 256 << 10
+	data := randomBytes(8 * piece)
+	var slowServed atomic.Bool
+	var slowRequests atomic.Int32
+	ts := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("ETag", `"v1"`)
+		var from int
+		if _, err := fmt.Sscanf(r.Header.Get("Range"), "bytes=%d-", &from); err == nil && from >= 2*piece && from < 3*piece {
+			slowRequests.Add(1)
+			if slowServed.CompareAndSwap(false, true) {
+				// 16 KiB, then a crawl: 1 KiB every 100 ms.
+				w.Header().Set("Content-Range", fmt.Sprintf("bytes %d-%d/%d", 2*piece, 3*piece-1, len(data)))
+				w.Header().Set("Content-Length", strconv.Itoa(piece))
+				w.WriteHeader(http.StatusPartialContent)
+				w.Write(data[2*piece : 2*piece+16<<10])
+				for off := 2*piece + 16<<10; off < 3*piece; off += 1 << 10 {
+					w.(http.Flusher).Flush()
+					select {
+					case <-r.Context().Done():
+						return
+					case <-time.After(100 * time.Millisecond):
+					}
+					if _, err := w.Write(data[off : off+1<<10]); err != nil {
+						return
+					}
+				}
+				return
+			}
+		}
+		http.ServeContent(w, r, "", time.Time{}, bytes.NewReader(data))
+	}))
+	defer ts.Close()
+	start := time.Now()
+	got, _, err := readAll(t, ts.URL, nil, fetch.Options{Connections: 4, ChunkSize: piece, Retries: 1})
+	if err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("read %d bytes, %v", len(got), err)
+	}
+	if took := time.Since(start); took > 10*time.Second {
+		t.Errorf("took %v: the straggler was waited for (it alone needs 24 s)", took)
+	}
+	if n := slowRequests.Load(); n != 2 {
+		t.Errorf("the slow piece was requested %d times, want 2: dropped once, resumed", n)
 	}
 }

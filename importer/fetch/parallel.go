@@ -30,8 +30,11 @@ type parallelReader struct {
 
 	mu      sync.Mutex
 	ready   sync.Cond
-	waiting *piece // the piece the consumer waits on, or nil
-	until   int    // the consumer waits until waiting.filled reaches this
+	waiting *piece  // the piece the consumer waits on, or nil
+	until   int     // the consumer waits until waiting.filled reaches this
+	rate    float64 // bytes per second of the pieces done, a moving average
+	ended   chan struct{}
+	endOnce sync.Once
 }
 
 // wakeBatch is how many bytes a waiting consumer lets arrive before it is
@@ -41,12 +44,17 @@ const wakeBatch = 512 << 10
 
 // piece is one Range request and the buffer it fills.
 type piece struct {
-	start int64
-	buf   []byte
+	start   int64
+	buf     []byte
+	started time.Time
+	attempt attempt
 	// guarded by parallelReader.mu:
 	filled int
 	err    error
 	done   bool
+	// kept by the straggler watch:
+	seen int // filled at its last look
+	slow int // looks in a row that found the piece slow
 }
 
 // newParallelReader reads bytes [from, to) of o; first, when not nil,
@@ -59,12 +67,59 @@ func newParallelReader(ctx context.Context, cancel context.CancelFunc, o *Object
 		free:  make(chan []byte, n),
 	}
 	r.ready.L = &r.mu
+	r.ended = make(chan struct{})
 	for range n {
 		r.free <- nil
 	}
-	r.wg.Add(1)
+	r.wg.Add(2)
 	go r.dispatch(first, from, firstEnd, to)
+	go r.watch()
 	return r
+}
+
+// Stragglers: one connection can land on a front end that gives a few
+// MiB/s while the others give much more. When the consumer has waited on
+// a piece for straggleLooks looks in a row, each finding it gave less
+// than a quarter of what the pieces done so far averaged, its response is
+// dropped and the piece resumed on a new connection.
+const (
+	straggleLook  = 500 * time.Millisecond
+	straggleLooks = 4
+)
+
+// watch looks for a straggler at the head until the read ends.
+func (r *parallelReader) watch() {
+	defer r.wg.Done()
+	t := time.NewTicker(straggleLook)
+	defer t.Stop()
+	for {
+		select {
+		case <-t.C:
+		case <-r.ctx.Done():
+			return
+		case <-r.ended:
+			return
+		}
+		r.mu.Lock()
+		p := r.waiting
+		cut := false
+		if p != nil && !p.done && r.rate > 0 {
+			gave := p.filled - p.seen
+			p.seen = p.filled
+			if float64(gave) < r.rate*straggleLook.Seconds()/4 {
+				p.slow++
+			} else {
+				p.slow = 0
+			}
+			if p.slow >= straggleLooks {
+				p.slow, cut = 0, true
+			}
+		}
+		r.mu.Unlock()
+		if cut {
+			p.attempt.cut()
+		}
+	}
 }
 
 // dispatch starts one goroutine per piece, in order, each when a buffer is
@@ -92,7 +147,7 @@ func (r *parallelReader) dispatch(first io.ReadCloser, from, firstEnd, to int64)
 		if int64(cap(buf)) < max(length, chunk) {
 			buf = make([]byte, max(length, chunk))
 		}
-		p := &piece{start: start, buf: buf[:length]}
+		p := &piece{start: start, buf: buf[:length], started: time.Now()}
 		r.order <- p // never blocks: a piece holds one of Connections buffers
 		r.wg.Add(1)
 		go r.fetch(p, body)
@@ -109,7 +164,7 @@ func (r *parallelReader) fetch(p *piece, body io.ReadCloser) {
 			r.ready.Signal()
 		}
 		r.mu.Unlock()
-	})
+	}, &p.attempt)
 	if err != nil && r.ctx.Err() == nil {
 		// The read fails here, whichever piece the consumer is on:
 		// stop the others now rather than after they finish.
@@ -118,6 +173,13 @@ func (r *parallelReader) fetch(p *piece, body io.ReadCloser) {
 	}
 	r.mu.Lock()
 	p.done, p.err = true, err
+	if err == nil {
+		rate := float64(len(p.buf)) / max(time.Since(p.started).Seconds(), 1e-3)
+		if r.rate == 0 {
+			r.rate = rate
+		}
+		r.rate = 0.7*r.rate + 0.3*rate
+	}
 	r.ready.Broadcast()
 	r.mu.Unlock()
 }
@@ -126,6 +188,7 @@ func (r *parallelReader) Read(b []byte) (int, error) {
 	if r.cur == nil {
 		p, ok := <-r.order
 		if !ok {
+			r.endOnce.Do(func() { close(r.ended) })
 			if err := r.fatal.Load(); err != nil {
 				return 0, *err
 			}
@@ -232,7 +295,7 @@ func (r readerAt) ReadAt(p []byte, off int64) (int, error) {
 		return 0, io.EOF
 	}
 	n := min(int64(len(p)), r.o.size-off)
-	if err := r.o.fill(r.ctx, off, p[:n], nil, nil); err != nil {
+	if err := r.o.fill(r.ctx, off, p[:n], nil, nil, nil); err != nil {
 		return 0, err
 	}
 	if n < int64(len(p)) {
