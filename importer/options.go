@@ -3,6 +3,7 @@ package importer
 import (
 	"fmt"
 	"log/slog"
+	"net/http"
 	"net/url"
 	"os"
 	"strings"
@@ -22,6 +23,12 @@ type Options struct {
 	// a local path, or docker://REGISTRY/REPO:TAG (or @sha256:…), the disk
 	// of a containerDisk image. Required.
 	Source string
+
+	// SourceHeaders are sent with every request for an http(s) source (a
+	// bearer token, a cookie), to the source's origin only: never to
+	// another origin a redirect leads to. They are never logged. Nil:
+	// none.
+	SourceHeaders http.Header
 
 	// SourceUsername and SourcePassword authenticate to a docker:// source.
 	// Empty: Keychain is asked (never the destination's Username).
@@ -218,6 +225,11 @@ func (o Options) settings() (*settings, error) {
 	}
 	if s.MaxVirtualSize == 0 {
 		s.MaxVirtualSize = uint64(s.MaxSize)
+	}
+	for name := range s.SourceHeaders {
+		if name == "" || strings.ContainsAny(name, " :\r\n") || http.CanonicalHeaderKey(name) == "Host" {
+			return nil, fmt.Errorf("%w: source header name %q", ErrInvalidOptions, name)
+		}
 	}
 	if s.SkipExisting && len(s.Checksums) == 0 {
 		return nil, errSkipNeedsChecksum

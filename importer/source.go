@@ -106,7 +106,7 @@ func openHTTP(ctx context.Context, o *settings, u *url.URL) (*source, io.ReadClo
 	opts := o.fetchOptions(display)
 	// With more than one connection, the first GET asks for the first
 	// piece only: a 206 says the rest can be read in parallel pieces.
-	obj, resp, err := fetch.Open(ctx, client, u.String(), display, nil, opts)
+	obj, resp, err := fetch.Open(ctx, client, u.String(), display, o.SourceHeaders, opts)
 	if err != nil {
 		return nil, nil, sourceError(err)
 	}

@@ -204,6 +204,11 @@ func (o *Object) Redirected() bool {
 }
 
 func (o *Object) request(ctx context.Context, target string) (*http.Request, error) {
+	if len(o.header) > 0 {
+		// CheckRedirect removes them when a redirect leaves the origin:
+		// net/http copies every header to the next request.
+		ctx = context.WithValue(ctx, originHeadersKey{}, o.header)
+	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, target, nil)
 	if err != nil {
 		return nil, fmt.Errorf("GET %s: %w", o.display, err)
@@ -215,6 +220,10 @@ func (o *Object) request(ctx context.Context, target string) (*http.Request, err
 	}
 	return req, nil
 }
+
+// originHeadersKey keys the headers of a request that are for its origin
+// only.
+type originHeadersKey struct{}
 
 // get requests bytes [start, end) of the object and checks the answer is
 // exactly those bytes of the version first seen. An object that is not
@@ -646,10 +655,12 @@ func origin(u *url.URL) string {
 
 // CheckRedirect is the redirect policy for an http.Client that fetches
 // objects: at most 10 redirects, never from https to plain http, and no
-// credentials sent to another origin (scheme, host or port). Go's client
-// would forward Authorization to a subdomain; the distribution spec says
-// it must not cross hosts, and object stores refuse a presigned URL that
-// carries it.
+// credentials sent to another origin (scheme, host or port): neither
+// Authorization nor Cookie, nor the headers given to Open. Go's client
+// would forward Authorization to a subdomain or another port of the same
+// host, and every other header anywhere; the distribution spec says
+// credentials must not cross hosts, and object stores refuse a presigned
+// URL that carries them.
 func CheckRedirect(req *http.Request, via []*http.Request) error {
 	if len(via) >= 10 {
 		return fmt.Errorf("%w: stopped after 10 redirects", ErrRedirect)
@@ -660,6 +671,11 @@ func CheckRedirect(req *http.Request, via []*http.Request) error {
 	if origin(req.URL) != origin(via[0].URL) {
 		req.Header.Del("Authorization")
 		req.Header.Del("Cookie")
+		if h, ok := req.Context().Value(originHeadersKey{}).(http.Header); ok {
+			for name := range h {
+				req.Header.Del(name)
+			}
+		}
 	}
 	return nil
 }
