@@ -132,12 +132,13 @@ func Open(ctx context.Context, client *http.Client, rawURL, display string, head
 }
 
 // unreachable tells whether err says the server could not be reached at
-// all (no such host, connection refused): on the first request that is
-// most likely a wrong URL, and fails at once rather than after retries.
+// all (no such host, connection refused, also by a proxy): on the first
+// request that is most likely a wrong URL or proxy setting, and fails at
+// once rather than after retries.
 func unreachable(err error) bool {
 	var dnsErr *net.DNSError
 	var opErr *net.OpError
-	return errors.As(err, &dnsErr) || errors.As(err, &opErr) && opErr.Op == "dial"
+	return errors.As(err, &dnsErr) || errors.As(err, &opErr) && (opErr.Op == "dial" || opErr.Op == "proxyconnect")
 }
 
 func (o *Object) open(ctx context.Context, probe int64) (*http.Response, error) {
