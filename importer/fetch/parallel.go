@@ -240,9 +240,11 @@ func (r *parallelReader) Close() error {
 	return nil
 }
 
-// watchedBody is a response body whose Read fails with ErrStalled when no
-// byte arrived for a stall timeout. The timer closes the body, which
-// unblocks a Read waiting on the connection.
+// watchedBody is a response body whose Read fails with ErrStalled when it
+// waits longer than a stall timeout for a byte. The clock runs only while
+// a Read waits: time the reader spends elsewhere (the upload falling
+// behind) is not the source's stall. The timer closes the body, which
+// unblocks the Read.
 type watchedBody struct {
 	rc      io.ReadCloser
 	timeout time.Duration
@@ -259,16 +261,16 @@ func newWatchedBody(rc io.ReadCloser, timeout time.Duration) io.ReadCloser {
 		w.stalled.Store(true)
 		rc.Close()
 	})
+	w.timer.Stop()
 	return w
 }
 
 func (w *watchedBody) Read(p []byte) (int, error) {
+	w.timer.Reset(w.timeout)
 	n, err := w.rc.Read(p)
+	w.timer.Stop()
 	if w.stalled.Load() {
 		return n, ErrStalled
-	}
-	if n > 0 {
-		w.timer.Reset(w.timeout)
 	}
 	return n, err
 }
