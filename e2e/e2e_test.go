@@ -556,7 +556,7 @@ func TestCLI(t *testing.T) {
 		{name: "version", args: []string{"version"}, code: 0, stdout: "diskimporter "},
 		{name: "help", args: []string{"help"}, code: 0, stdout: "diskimporter import --source"},
 		{name: "no command", args: nil, code: 2, stderr: "Usage:"},
-		{name: "unknown command", args: []string{"export"}, code: 2, stderr: `unknown command "export"`},
+		{name: "unknown command", args: []string{"teleport"}, code: 2, stderr: `unknown command "teleport"`},
 		{name: "import help", args: []string{"import", "--help"}, code: 0, stderr: "DISKIMPORTER_SOURCE_CA_FILE"},
 		{name: "unknown flag", args: []string{"import", "--bogus"}, code: 2, stderr: "unknown flag: --bogus"},
 		{name: "positional argument", args: []string{"import", "disk.img"}, code: 2, stderr: "unexpected arguments"},

@@ -181,7 +181,8 @@ func (d *Disk) find(ctx context.Context, client *http.Client, l v1.Descriptor, o
 	// loopback and private addresses.
 	u := fmt.Sprintf("https://%s/v2/%s/blobs/%s", d.Ref.Context().RegistryStr(), d.Ref.Context().RepositoryStr(), l.Digest)
 	display := d.Ref.Context().String() + "@" + l.Digest.String()
-	opts.Immutable = true // the digest is checked by whoever reads it
+	opts.Immutable = true     // the digest is checked by whoever reads it
+	opts.ProbeSize = 64 << 10 // the tar headers are at the start
 	obj, resp, err := fetch.Open(ctx, client, u, display, nil, opts)
 	if err != nil {
 		return false, fmt.Errorf("reading layer %s: %w", display, err)

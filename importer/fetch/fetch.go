@@ -57,6 +57,10 @@ type Options struct {
 	// ChunkSize is the length of each Range request, and of each of the
 	// Connections buffers that reassemble them in order.
 	ChunkSize int64
+	// ProbeSize is the length of the first GET's Range, for a caller that
+	// needs only the object's first bytes before it decides what to read.
+	// Zero: ChunkSize.
+	ProbeSize int64
 	// Retries is how many times in a row one response may fail (drop,
 	// stall, short body, 5xx) and be resumed from the bytes it already
 	// gave before the read fails. The count starts again once bytes flow.
@@ -113,6 +117,9 @@ func Open(ctx context.Context, client *http.Client, rawURL, display string, head
 	probe := int64(0)
 	if opts.Connections > 1 && opts.ChunkSize > 0 {
 		probe = opts.ChunkSize
+		if opts.ProbeSize > 0 {
+			probe = min(opts.ProbeSize, opts.ChunkSize)
+		}
 	}
 	var retries retries
 	for {
