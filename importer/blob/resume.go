@@ -1,0 +1,127 @@
+package blob
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+)
+
+// Errors of ResumableReader.
+var (
+	// ErrNotResumable: the disk cannot be read from a byte on with the
+	// layer digest still checked: its layer is compressed, or the
+	// registry does not answer Range requests. Read it with Reader.
+	ErrNotResumable = errors.New("the disk cannot be read from the middle")
+	// ErrHashState: a saved hash state is not one of this layer blob at
+	// the byte it is said to be at.
+	ErrHashState = errors.New("the saved sha256 state does not fit")
+)
+
+// CanResume tells whether ResumableReader can read the disk: its layer is
+// uncompressed and the registry answers Range requests.
+func (d *Disk) CanResume() bool { return d.Offset >= 0 && d.blob != nil && d.blob.Ranged() }
+
+// Resumable reads the disk of an uncompressed layer from some byte on, in
+// order, hashing the layer blob as it goes, and can say at any point what
+// the hash state is, so that a later read can go on from there: a download
+// killed half-way resumes from the bytes already kept instead of from the
+// first byte, and the layer's digest is still checked over every byte of
+// the blob, once.
+type Resumable struct {
+	d   *Disk
+	h   hash.Hash
+	r   *diskReader
+	end int64 // the disk's size
+}
+
+// ResumableReader returns the disk's bytes from byte done on, like Reader
+// (the error that ends the disk is ErrDigest rather than io.EOF when the
+// layer blob does not match its descriptor). state is the sha256 state
+// (Resumable.State) of the blob's bytes before disk byte done, as a
+// Resumable that had read done bytes of the disk gave it; with done == 0
+// it may be nil, and the bytes of the blob before the disk are then read
+// and hashed first. A state that is not one of a blob hashed up to disk
+// byte done is refused (ErrHashState), so is a disk that cannot be read
+// from the middle (ErrNotResumable).
+func (d *Disk) ResumableReader(ctx context.Context, done int64, state []byte) (*Resumable, error) {
+	if !d.CanResume() {
+		return nil, fmt.Errorf("%w: layer %s is compressed, or its registry does not answer Range requests", ErrNotResumable, d.Layer.Digest)
+	}
+	if done < 0 || done > d.Size {
+		return nil, fmt.Errorf("%w: byte %d is outside the %d-byte disk", ErrHashState, done, d.Size)
+	}
+	h := sha256.New()
+	switch {
+	case state != nil:
+		if err := restoreHash(h, state, d.Offset+done); err != nil {
+			return nil, err
+		}
+	case done > 0:
+		return nil, fmt.Errorf("%w: no state given for byte %d", ErrHashState, done)
+	default:
+		head, err := d.blob.NewSectionReader(ctx, 0, d.Offset)
+		if err != nil {
+			return nil, err
+		}
+		_, err = io.Copy(h, head)
+		head.Close()
+		if err != nil {
+			return nil, fmt.Errorf("layer %s: %w", d.Layer.Digest, err)
+		}
+	}
+	body, err := d.blob.NewSectionReader(ctx, d.Offset+done, d.Size-done)
+	if err != nil {
+		return nil, err
+	}
+	tailAt := d.Offset + d.Size
+	r := &diskReader{r: io.TeeReader(body, h), left: d.Size - done, close: body.Close, finish: func() error {
+		tail, err := d.blob.NewSectionReader(ctx, tailAt, d.blob.Size()-tailAt)
+		if err != nil {
+			return err
+		}
+		defer tail.Close()
+		if _, err := io.Copy(h, tail); err != nil {
+			return err
+		}
+		return d.check(h, d.blob.Size())
+	}}
+	return &Resumable{d: d, h: h, r: r, end: d.Size}, nil
+}
+
+// restoreHash sets h to state, which must be a sha256 state after n bytes.
+func restoreHash(h hash.Hash, state []byte, n int64) error {
+	// crypto/sha256 ends its marshaled state with the count of bytes
+	// hashed, big-endian: a state of another position is refused here
+	// rather than found out as a digest mismatch after the whole read.
+	if len(state) < 8 || binary.BigEndian.Uint64(state[len(state)-8:]) != uint64(n) {
+		return fmt.Errorf("%w: it is not the state after the %d bytes of the blob before this point", ErrHashState, n)
+	}
+	if err := h.(encoding.BinaryUnmarshaler).UnmarshalBinary(state); err != nil {
+		return fmt.Errorf("%w: %w", ErrHashState, err)
+	}
+	return nil
+}
+
+// Read reads the disk's next bytes. After the disk's last byte it reads
+// the rest of the blob and checks the digest: the error is io.EOF when it
+// matches, ErrDigest when not.
+func (r *Resumable) Read(p []byte) (int, error) { return r.r.Read(p) }
+
+// Position is the disk byte the next Read starts at: the bytes read so
+// far and those the reader started after.
+func (r *Resumable) Position() int64 { return r.end - r.r.left }
+
+// State is the sha256 state of the layer blob up to disk byte Position,
+// for ResumableReader to go on from there. It must not be called while a
+// Read runs.
+func (r *Resumable) State() ([]byte, error) {
+	return r.h.(encoding.BinaryMarshaler).MarshalBinary()
+}
+
+// Close stops the reads.
+func (r *Resumable) Close() error { return r.r.Close() }
