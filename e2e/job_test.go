@@ -83,9 +83,10 @@ func TestJobManifestRunsTheBinary(t *testing.T) {
 	termination := filepath.Join(t.TempDir(), "termination-log")
 	repo := newRepo(t)
 	overlay := map[string]string{ // what a controller's kustomize patch sets
-		"DISKIMPORTER_SOURCE":        src.URL + "/raw8.img",
-		"DISKIMPORTER_DESTINATION":   reg.Addr + "/" + repo + ":v1",
-		"DISKIMPORTER_PPROF_ADDRESS": freeAddr(t),
+		"DISKIMPORTER_SOURCE":          src.URL + "/raw8.img",
+		"DISKIMPORTER_DESTINATION":     reg.Addr + "/" + repo + ":v1",
+		"DISKIMPORTER_PPROF_ADDRESS":   freeAddr(t),
+		"DISKIMPORTER_METRICS_ADDRESS": freeAddr(t),
 	}
 	fields := map[string]string{"metadata.name": "diskimporter-abcde", "metadata.namespace": "vms"}
 

@@ -509,6 +509,40 @@ func TestJobSettings(t *testing.T) {
 			}
 		}
 	}
+
+	// Metrics: a named port the scraper finds the pod by, listened on by
+	// every interface (the scraper connects from outside the pod).
+	var metricsPort int32
+	names := map[string]bool{}
+	for _, p := range c.Ports {
+		if names[p.Name] {
+			t.Errorf("two container ports named %s", p.Name)
+		}
+		names[p.Name] = true
+		if p.Name == "metrics" {
+			metricsPort = p.ContainerPort
+			if p.Protocol != corev1.ProtocolTCP {
+				t.Errorf("metrics port protocol %s, want TCP", p.Protocol)
+			}
+		}
+	}
+	if metricsPort == 0 {
+		t.Error("no container port named metrics")
+	}
+	if metricsPort == pprofPort {
+		t.Errorf("metrics and pprof share port %d", metricsPort)
+	}
+	host, port, err = net.SplitHostPort(value("DISKIMPORTER_METRICS_ADDRESS"))
+	if err != nil {
+		t.Errorf("DISKIMPORTER_METRICS_ADDRESS: %v", err)
+	} else {
+		if ip := net.ParseIP(host); host != "" && (ip == nil || !ip.IsUnspecified()) {
+			t.Errorf("metrics listen on %q, want every interface (empty host, 0.0.0.0 or ::) for a scraper outside the pod", host)
+		}
+		if port != strconv.Itoa(int(metricsPort)) {
+			t.Errorf("metrics listen on port %s, the metrics containerPort is %d", port, metricsPort)
+		}
+	}
 }
 
 // checkContainerSecurity checks c's securityContext and that it does not

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"log"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -29,21 +30,43 @@ import (
 	"github.com/diskimporter/diskimporter/tlsconfig"
 )
 
-const demoUsage = `Usage: diskimporter demo [--size BYTES]
+const demoUsage = `Usage: diskimporter demo [--size BYTES] [flags]
 
 Runs the real import path with nothing outside this process: starts an
 in-memory OCI registry over TLS (with basic auth) and an HTTP server serving
 a generated disk image on loopback, imports the disk, pulls the image back
-and checks it byte for byte.
+and checks it byte for byte. Progress is shown as by "diskimporter import".
+
+Examples:
+  # The default 64 MiB disk.
+  diskimporter demo
+
+  # A 1 GiB disk (the in-memory registry holds it in RAM), with the live
+  # progress line on a terminal.
+  diskimporter demo --size 1GiB
+
+  # The same with Prometheus metrics; scrape them while it runs.
+  diskimporter demo --size 1GiB --metrics-address 127.0.0.1:9090 &
+  curl -s http://127.0.0.1:9090/metrics | grep ^diskimporter_
 
 Flags:
 `
 
 const demoUser, demoPassword = "demo", "demo-password"
 
+// demoOptions are the demo's flags.
+type demoOptions struct {
+	size           int64
+	quiet          bool
+	metricsAddress string
+}
+
 func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs := pflag.NewFlagSet("demo", pflag.ContinueOnError)
-	size := fs.Int64("size", 64<<20, "size of the generated disk in bytes (the in-memory registry holds it in RAM)")
+	d := demoOptions{size: 64 << 20}
+	fs.Var((*byteSize)(&d.size), "size", "size of the generated disk, such as 1GiB or 1073741824 (the in-memory registry holds it in RAM)")
+	fs.BoolVarP(&d.quiet, "quiet", "q", false, "no progress line and no progress or info log lines")
+	fs.StringVar(&d.metricsAddress, "metrics-address", "", "serve Prometheus metrics at /metrics on this address during the import, such as 127.0.0.1:9090")
 	fs.SetOutput(stderr)
 	fs.Usage = func() { fmt.Fprint(stderr, demoUsage+fs.FlagUsages()) }
 	if err := fs.Parse(args); err != nil {
@@ -52,15 +75,42 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		}
 		return 2
 	}
-	if err := demo(ctx, *size, stdout, stderr); err != nil {
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "diskimporter demo: unexpected arguments %q\n", fs.Args())
+		return 2
+	}
+	if err := demo(ctx, d, stdout, stderr); err != nil {
 		fmt.Fprintf(stderr, "diskimporter demo: FAILED: %v\n", err)
 		return 1
 	}
 	return 0
 }
 
-func demo(ctx context.Context, size int64, stdout, stderr io.Writer) error {
-	logger, _ := newLogger("text", stderr)
+func demo(ctx context.Context, d demoOptions, stdout, stderr io.Writer) error {
+	size := d.size
+	// The same progress as an import: the live line on a terminal, log
+	// lines otherwise, the metrics when asked for.
+	con := newConsole(stderr, chooseProgressMode(d.quiet, canDrawLine(stderr), os.Getenv("TERM")))
+	defer con.finish()
+	var metrics *importMetrics
+	var observe, reportMetrics func(importer.Progress)
+	var observeLog func(slog.Record)
+	if d.metricsAddress != "" {
+		metrics = newImportMetrics(time.Now)
+		reportMetrics, observeLog = metrics.report, metrics.observeLog
+	}
+	logger, err := con.newLogger("text", observeLog)
+	if err != nil {
+		return err
+	}
+	if metrics != nil {
+		srv, err := serveMetrics(d.metricsAddress, metrics, logger)
+		if err != nil {
+			return err
+		}
+		defer srv.stop()
+	}
+	observe = composeProgress(con.report, reportMetrics)
 	disk := testdisk.New(size)
 
 	reg := httptest.NewUnstartedServer(basicAuth(registry.New(registry.Logger(log.New(io.Discard, "", 0)))))
@@ -87,13 +137,19 @@ func demo(ctx context.Context, size int64, stdout, stderr io.Writer) error {
 	fmt.Fprintf(stdout, "registry:  %s (in-memory, TLS, basic auth)\nsource:    %s/disk.img (%d bytes, generated)\n\n", reg.URL, src.URL, size)
 
 	res, err := importer.Run(ctx, importer.Options{
-		Source:      src.URL + "/disk.img",
-		Destination: dest,
-		Username:    demoUser,
-		Password:    demoPassword,
-		RegistryTLS: tlsOptions(caFile),
-		Logger:      logger,
+		Source:           src.URL + "/disk.img",
+		Destination:      dest,
+		Username:         demoUser,
+		Password:         demoPassword,
+		RegistryTLS:      tlsOptions(caFile),
+		Logger:           logger,
+		ProgressInterval: con.progressInterval(0),
+		OnProgress:       observe,
 	})
+	con.finish()
+	if metrics != nil {
+		metrics.finish(err)
+	}
 	if err != nil {
 		return fmt.Errorf("import: %w", err)
 	}

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"crypto/tls"
 	"encoding/json"
@@ -8,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/http"
 	"os"
 	"strconv"
 	"strings"
@@ -19,37 +21,56 @@ import (
 	"github.com/diskimporter/diskimporter/importer"
 )
 
-const importUsage = `Usage: diskimporter import --source URL|PATH --destination REGISTRY/REPO:TAG [flags]
+const importUsage = `Usage:
+  diskimporter import SOURCE DESTINATION [flags]
+  diskimporter import --source URL|PATH --destination REGISTRY/REPO:TAG [flags]
 
 Reads the disk once, wraps it in an uncompressed tar layer (disk/<name>,
 uid 107) and pushes it over TLS pinned to AES-GCM. Prints one JSON result
-line on stdout; logs go to stderr.
+line on stdout; logs go to stderr. Progress: one live line when stderr is a
+terminal, a log line every --progress-interval otherwise, neither with --quiet.
 
 Examples:
-  diskimporter import --source https://cloud.example/fedora.raw \
-      --destination registry.example:5000/disks/fedora:41 --ca-file /etc/registry-ca.pem
-  DISKIMPORTER_USERNAME=ci DISKIMPORTER_PASSWORD=secret \
-      diskimporter import --source ./disk.iso --destination registry.example/isos/installer:v1
+  # An image on a web server into a registry with a private CA.
+  diskimporter import https://cloud.example/fedora.raw registry.example:5000/disks/fedora:41 \
+      --ca-file /etc/registry-ca.pem
 
-Every flag can also be set through the environment variable named after it
-(--source-ca-file is DISKIMPORTER_SOURCE_CA_FILE); a flag on the command line wins.
+  # A local ISO; registry credentials from the environment, no progress output.
+  DISKIMPORTER_USERNAME=ci DISKIMPORTER_PASSWORD=secret \
+      diskimporter import --quiet --source ./disk.iso --destination registry.example/isos/installer:v1
+
+  # A source behind a bearer token kept off the command line, with Prometheus
+  # metrics on :9090 while it runs.
+  DISKIMPORTER_SOURCE_HEADER="Authorization: Bearer $TOKEN" \
+      diskimporter import https://files.example/db.qcow2.xz registry.example/disks/db:v3 \
+      --metrics-address :9090
+
+SOURCE and DESTINATION may be given as arguments or as --source and
+--destination, not both. Every flag can also be set through the environment
+variable named after it (--source-ca-file is DISKIMPORTER_SOURCE_CA_FILE); a
+flag on the command line wins.
 
 Flags:
 `
 
 // cliOptions are the flags that are not importer.Options fields.
 type cliOptions struct {
-	checksums      []string
-	sourceSHA256   string
-	sourceMD5      string
-	convert        string
-	pprofAddress   string
-	resultFile     string
-	terminationLog string
-	logFormat      string
-	maxTLS         string
-	http1          bool
-	timeout        time.Duration
+	checksums        []string
+	sourceSHA256     string
+	sourceMD5        string
+	sourceHeaders    []string
+	sourceHeaderFile string
+	convert          string
+	pprofAddress     string
+	metricsAddress   string
+	metricsLinger    time.Duration
+	resultFile       string
+	terminationLog   string
+	logFormat        string
+	maxTLS           string
+	http1            bool
+	quiet            bool
+	timeout          time.Duration
 }
 
 func importFlags(o *importer.Options, c *cliOptions) *pflag.FlagSet {
@@ -70,6 +91,10 @@ func importFlags(o *importer.Options, c *cliOptions) *pflag.FlagSet {
 	fs.Var((*byteSize)(&o.ChunkSize), "chunk-size", "length of each Range request, such as 8MiB; reassembly holds --connections × this")
 	fs.IntVar(&o.Retries, "retries", importer.DefaultRetries, "failures in a row retried reading the source (resuming where it stopped) or uploading; 0: none")
 	fs.DurationVar(&o.StallTimeout, "stall-timeout", importer.DefaultStallTimeout, "drop and resume a source response that gives no byte for this long; 0: never")
+	fs.StringArrayVar(&c.sourceHeaders, "source-header", nil,
+		"header 'Name: value' sent with every request to an http(s) source's origin, never to a redirect target on another origin; repeatable; never logged. On the command line it shows in ps: prefer DISKIMPORTER_SOURCE_HEADER (one header) or --source-header-file")
+	fs.StringVar(&c.sourceHeaderFile, "source-header-file", "",
+		"file of source headers, one 'Name: value' a line (blank lines and # comments skipped), such as a mounted Secret; added to --source-header")
 	fs.StringVar(&o.SourceUsername, "source-username", "", "user name for a docker:// source (default: the Docker config keychain)")
 	fs.StringVar(&o.SourcePassword, "source-password", "", "password for a docker:// source; prefer DISKIMPORTER_SOURCE_PASSWORD")
 	fs.StringVar(&o.SourceCAFile, "source-ca-file", "", "PEM CA bundle trusted for an https source, besides the system roots")
@@ -87,10 +112,13 @@ func importFlags(o *importer.Options, c *cliOptions) *pflag.FlagSet {
 	fs.StringVar(&o.DiskName, "disk-name", "", "file name of the disk under disk/ (default disk.img, disk.qcow2 or disk.iso)")
 	fs.StringVar(&o.Platform, "platform", "linux/amd64", "image platform os/arch[/variant]")
 	fs.BoolVar(&o.DockerMediaTypes, "docker-media-types", false, "write Docker v2 media types instead of OCI")
-	fs.DurationVar(&o.ProgressInterval, "progress-interval", 0, "how often to log progress (default 5s)")
+	fs.DurationVar(&o.ProgressInterval, "progress-interval", 0, "how often to log progress when stderr is not a terminal (default 5s); also how often the metrics are updated")
+	fs.BoolVarP(&c.quiet, "quiet", "q", false, "no progress line and no progress or info log lines; warnings, errors and the JSON result still print")
 	fs.StringVar(&c.maxTLS, "tls-max-version", "1.2", "highest TLS version to the registry: 1.2 or 1.3 (the AES-GCM pin is checked on the negotiated suite either way)")
 	fs.DurationVar(&c.timeout, "timeout", 0, "fail the import (nothing tagged) when it takes longer than this; 0: no limit")
 	fs.StringVar(&c.pprofAddress, "pprof-address", "", "serve net/http/pprof on this address, such as 127.0.0.1:6060 (off when empty)")
+	fs.StringVar(&c.metricsAddress, "metrics-address", "", "serve Prometheus metrics at /metrics on this address, such as :9090 (off when empty)")
+	fs.DurationVar(&c.metricsLinger, "metrics-linger", 0, "after the import, keep serving /metrics until a scrape has read the final values, at most this long; 0: stop at once")
 	fs.StringVar(&c.resultFile, "result-file", "", "also write the JSON result to this file")
 	fs.StringVar(&c.terminationLog, "termination-log", podstatus.DefaultTerminationMessagePath,
 		"in a Pod (POD_NAME set), also write the result, at most 4 KiB, to this termination message file")
@@ -141,12 +169,41 @@ func envName(flag string) string {
 // parseFlags parses args, then fills every flag not given on the command
 // line from its environment variable.
 func parseFlags(fs *pflag.FlagSet, args []string) error {
+	_, err := parseFlagsPositional(fs, args)
+	return err
+}
+
+// parseFlagsPositional is parseFlags for a command whose flags named
+// positional may also be given, in that order, as arguments: either all of
+// them or none. An argument counts as the flag given on the command line:
+// giving both is an error, and the environment does not override it. It
+// returns the names of the flags set from the environment.
+//
+// A repeatable flag (a string array) takes one value from its environment
+// variable, and none when it is on the command line.
+func parseFlagsPositional(fs *pflag.FlagSet, args []string, positional ...string) (fromEnv map[string]bool, err error) {
 	if err := fs.Parse(args); err != nil {
-		return err
+		return nil, err
 	}
 	if fs.NArg() > 0 {
-		return fmt.Errorf("unexpected arguments %q", fs.Args())
+		if len(positional) == 0 {
+			return nil, fmt.Errorf("unexpected arguments %q", fs.Args())
+		}
+		if fs.NArg() != len(positional) {
+			// The arguments are not echoed: an unquoted
+			// --source-header value splits into arguments.
+			return nil, fmt.Errorf("unexpected arguments: got %d, want none or %s", fs.NArg(), strings.ToUpper(strings.Join(positional, " ")))
+		}
+		for i, name := range positional {
+			if fs.Changed(name) {
+				return nil, fmt.Errorf("%s given twice, as an argument and as --%s", strings.ToUpper(name), name)
+			}
+			if err := fs.Set(name, fs.Arg(i)); err != nil {
+				return nil, fmt.Errorf("%s: %w", strings.ToUpper(name), err)
+			}
+		}
 	}
+	fromEnv = map[string]bool{}
 	var errs []error
 	fs.VisitAll(func(f *pflag.Flag) {
 		if f.Changed {
@@ -156,9 +213,10 @@ func parseFlags(fs *pflag.FlagSet, args []string) error {
 			if err := fs.Set(f.Name, v); err != nil {
 				errs = append(errs, fmt.Errorf("%s: %w", envName(f.Name), err))
 			}
+			fromEnv[f.Name] = true
 		}
 	})
-	return errors.Join(errs...)
+	return fromEnv, errors.Join(errs...)
 }
 
 func runImport(ctx context.Context, args []string, stdout, stderr io.Writer) int {
@@ -167,19 +225,39 @@ func runImport(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	fs := importFlags(&o, &c)
 	fs.SetOutput(stderr)
 	fs.Usage = func() { fmt.Fprint(stderr, importUsage+fs.FlagUsages()) }
-	if err := parseFlags(fs, args); err != nil {
+	usageError := func(err error) int {
+		fmt.Fprintf(stderr, "diskimporter import: %v\n", err)
+		return 2
+	}
+	fromEnv, err := parseFlagsPositional(fs, args, "source", "destination")
+	if err != nil {
 		if errors.Is(err, pflag.ErrHelp) {
 			return 0
 		}
-		fmt.Fprintf(stderr, "diskimporter import: %v\n", err)
-		return 2
+		// An unquoted --source-header 'Name: value' leaves its value
+		// as arguments: say what is wrong with the header first.
+		if _, herr := c.headers(false); herr != nil {
+			return usageError(herr)
+		}
+		return usageError(err)
 	}
-	logger, err := newLogger(c.logFormat, stderr)
+	if o.SourceHeaders, err = c.headers(fromEnv["source-header"]); err != nil {
+		return usageError(err)
+	}
+
+	var metrics *importMetrics
+	var observe func(slog.Record)
+	if c.metricsAddress != "" {
+		metrics = newImportMetrics(time.Now)
+		observe = metrics.observeLog
+	}
+	con := newConsole(stderr, chooseProgressMode(c.quiet, canDrawLine(stderr), os.Getenv("TERM")))
+	logger, err := con.newLogger(c.logFormat, observe)
 	if err != nil {
-		fmt.Fprintf(stderr, "diskimporter import: %v\n", err)
-		return 2
+		return usageError(err)
 	}
 	o.Logger = logger
+	o.ProgressInterval = con.progressInterval(o.ProgressInterval)
 	switch c.maxTLS {
 	case "1.2":
 	case "1.3":
@@ -189,11 +267,23 @@ func runImport(ctx context.Context, args []string, stdout, stderr io.Writer) int
 		return 2
 	}
 
+	// The final metrics are served after the end for --metrics-linger,
+	// unless a signal (not --timeout) ends that.
+	lingerCtx := ctx
+	var metricsSrv *metricsServer
+	finish := func(err error) {
+		if metrics != nil {
+			metrics.finish(err)
+		}
+		metricsSrv.linger(lingerCtx, c.metricsLinger, logger)
+	}
 	fail := func(err error) int {
+		con.finish() // the failure goes below the progress line
 		reason := importer.Reason(err)
 		logger.Error("import failed", "reason", reason, "error", err)
 		fmt.Fprintf(stderr, "diskimporter import: %s: %v\n", reason, err)
 		c.writeResult(failure{Reason: reason, Message: err.Error()}, logger)
+		finish(err)
 		return 1
 	}
 	// In a Pod, progress goes to the Pod's annotations; failing to set
@@ -202,9 +292,16 @@ func runImport(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	if err != nil {
 		logger.Warn("not reporting progress on the pod", "error", err)
 	}
-	o.OnProgress = reporter.Report
+	var reportMetrics func(importer.Progress)
+	if metrics != nil {
+		reportMetrics = metrics.report
+	}
+	o.OnProgress = composeProgress(con.report, reportMetrics, reporter.Report)
 	if err := c.apply(&o); err != nil {
 		return fail(err)
+	}
+	if len(o.SourceHeaders) > 0 && !isHTTPSource(o.Source) {
+		logger.Warn("the source headers are ignored: the source is not an http(s) URL")
 	}
 	if c.pprofAddress != "" {
 		stopPprof, err := servePprof(c.pprofAddress, logger)
@@ -212,6 +309,12 @@ func runImport(ctx context.Context, args []string, stdout, stderr io.Writer) int
 			return fail(fmt.Errorf("%w: %w", importer.ErrInvalidOptions, err))
 		}
 		defer stopPprof()
+	}
+	if metrics != nil {
+		if metricsSrv, err = serveMetrics(c.metricsAddress, metrics, logger); err != nil {
+			return fail(fmt.Errorf("%w: %w", importer.ErrInvalidOptions, err))
+		}
+		defer metricsSrv.stop()
 	}
 
 	if c.timeout > 0 {
@@ -224,10 +327,123 @@ func runImport(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	if err != nil {
 		return fail(err)
 	}
+	con.finish() // the result goes below the progress line
 	line, _ := json.Marshal(res)
 	fmt.Fprintf(stdout, "%s\n", line)
 	c.writeResult(res, logger)
+	finish(nil)
 	return 0
+}
+
+// isHTTPSource tells whether source is an http(s) URL, the only kind the
+// source headers are sent to.
+func isHTTPSource(source string) bool {
+	s := strings.ToLower(source)
+	return strings.HasPrefix(s, "http://") || strings.HasPrefix(s, "https://")
+}
+
+// headers returns the source headers of --source-header (or, fromEnv,
+// DISKIMPORTER_SOURCE_HEADER, where empty means none) and
+// --source-header-file; nil when there are none. An error names where the bad header came from and, when it is a
+// valid one, its name: never a value, which is likely a secret.
+func (c *cliOptions) headers(fromEnv bool) (http.Header, error) {
+	var h http.Header
+	add := func(where, line string) error {
+		name, value, err := parseHeader(line)
+		if err != nil {
+			return fmt.Errorf("%s: %w", where, err)
+		}
+		if h == nil {
+			h = http.Header{}
+		}
+		h.Add(name, value)
+		return nil
+	}
+	for i, line := range c.sourceHeaders {
+		where := "DISKIMPORTER_SOURCE_HEADER"
+		if !fromEnv {
+			where = fmt.Sprintf("--source-header #%d", i+1)
+		} else if strings.TrimSpace(line) == "" {
+			continue // set but empty, as a manifest's value: "": none
+		}
+		if err := add(where, line); err != nil {
+			return nil, err
+		}
+	}
+	if c.sourceHeaderFile != "" {
+		f, err := os.Open(c.sourceHeaderFile)
+		if err != nil {
+			return nil, fmt.Errorf("--source-header-file: %w", err)
+		}
+		defer f.Close()
+		sc := bufio.NewScanner(f)
+		for n := 1; sc.Scan(); n++ {
+			line := strings.TrimSuffix(sc.Text(), "\r")
+			if t := strings.TrimSpace(line); t == "" || strings.HasPrefix(t, "#") {
+				continue
+			}
+			if err := add(fmt.Sprintf("--source-header-file %s line %d", c.sourceHeaderFile, n), line); err != nil {
+				return nil, err
+			}
+		}
+		if err := sc.Err(); err != nil {
+			// bufio.ErrTooLong and read errors hold no content.
+			return nil, fmt.Errorf("--source-header-file %s: %w", c.sourceHeaderFile, err)
+		}
+	}
+	return h, nil
+}
+
+// reservedHeaders are set by diskimporter or Go's HTTP client for each
+// request; a source header may not replace them.
+var reservedHeaders = map[string]bool{
+	"Host": true, "Range": true, "If-Range": true, "Accept-Encoding": true,
+	"Content-Length": true, "Transfer-Encoding": true, "Connection": true, "Keep-Alive": true,
+	"Te": true, "Trailer": true, "Upgrade": true, "Proxy-Connection": true,
+}
+
+// parseHeader parses "Name: value". The error holds the name only when it
+// is a valid header name, and never the value.
+func parseHeader(line string) (name, value string, err error) {
+	name, value, ok := strings.Cut(line, ":")
+	if !ok {
+		return "", "", errors.New("want 'Name: value' (the header is not shown)")
+	}
+	if !validHeaderName(name) {
+		return "", "", errors.New("the header name is not a valid HTTP field name; want 'Name: value' (the header is not shown)")
+	}
+	name = http.CanonicalHeaderKey(name)
+	if reservedHeaders[name] {
+		return "", "", fmt.Errorf("header %s is set by diskimporter itself", name)
+	}
+	value = strings.Trim(value, " \t")
+	if value == "" {
+		return "", "", fmt.Errorf("header %s has an empty value (quote the whole header: --source-header '%s: value')", name, name)
+	}
+	for i := 0; i < len(value); i++ {
+		if b := value[i]; b < ' ' && b != '\t' || b == 0x7f {
+			return "", "", fmt.Errorf("header %s: a control character in the value (the value is not shown)", name)
+		}
+	}
+	return name, value, nil
+}
+
+// validHeaderName tells whether s is an HTTP field name: a token
+// (RFC 9110, section 5.1).
+func validHeaderName(s string) bool {
+	if s == "" {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		b := s[i]
+		switch {
+		case 'a' <= b && b <= 'z', 'A' <= b && b <= 'Z', '0' <= b && b <= '9':
+		case strings.IndexByte("!#$%&'*+-.^_`|~", b) >= 0:
+		default:
+			return false
+		}
+	}
+	return true
 }
 
 // writeResult writes the result, or the failure, to --result-file and, in a
@@ -289,27 +505,8 @@ type failure struct {
 	Message string `json:"message"`
 }
 
-// newLogger returns a slog logger writing to w in the given format.
+// newLogger returns a slog logger writing to w in the given format (auto:
+// text on a terminal, JSON otherwise), without a progress line.
 func newLogger(format string, w io.Writer) (*slog.Logger, error) {
-	switch format {
-	case "auto":
-		if f, ok := w.(*os.File); ok && isTerminal(f) {
-			format = "text"
-		} else {
-			format = "json"
-		}
-	case "text", "json":
-	default:
-		return nil, fmt.Errorf("--log-format %q: want text, json or auto", format)
-	}
-	if format == "text" {
-		return slog.New(slog.NewTextHandler(w, nil)), nil
-	}
-	return slog.New(slog.NewJSONHandler(w, nil)), nil
-}
-
-// isTerminal reports whether f is a character device, as a terminal is.
-func isTerminal(f *os.File) bool {
-	fi, err := f.Stat()
-	return err == nil && fi.Mode()&os.ModeCharDevice != 0
+	return newConsole(w, progressLog).newLogger(format, nil)
 }

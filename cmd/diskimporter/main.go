@@ -1,7 +1,9 @@
 // Command diskimporter moves a VM disk image from a URL or a file into an
 // OCI registry as a single uncompressed layer, in one pass.
 //
+//	diskimporter import SOURCE DESTINATION
 //	diskimporter import --source URL|PATH --destination REGISTRY/REPO:TAG
+//	diskimporter inspect SOURCE
 //	diskimporter demo
 //	diskimporter version
 //
@@ -11,11 +13,15 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
+
+	"github.com/spf13/pflag"
 )
 
 func main() {
@@ -28,11 +34,15 @@ func main() {
 const usage = `diskimporter moves a VM disk image into an OCI registry, fast.
 
 Usage:
+  diskimporter import SOURCE DESTINATION [flags]
   diskimporter import --source URL|PATH --destination REGISTRY/REPO:TAG [flags]
+  diskimporter export --source REGISTRY/REPO:TAG --output PATH|- [flags]
+  diskimporter inspect SOURCE [flags]   what an import would find, without pushing
   diskimporter demo      import a generated disk into an in-process registry
   diskimporter version   print the version
 
-Run "diskimporter COMMAND --help" for a command's flags.
+Run "diskimporter COMMAND --help" (or "diskimporter help COMMAND") for a
+command's flags and examples.
 `
 
 // run executes one command line and returns the exit code: 0 on success,
@@ -45,15 +55,48 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	switch args[0] {
 	case "import":
 		return runImport(ctx, args[1:], stdout, stderr)
+	case "inspect":
+		return runInspect(ctx, args[1:], stdout, stderr)
+	case "export":
+		return runExport(ctx, args[1:], stdout, stderr)
 	case "demo":
 		return runDemo(ctx, args[1:], stdout, stderr)
 	case "version":
-		fmt.Fprintln(stdout, version())
-		return 0
+		return runVersion(args[1:], stdout, stderr)
 	case "help", "-h", "--help":
+		if len(args) > 1 && args[0] == "help" && !strings.HasPrefix(args[1], "-") {
+			return run(ctx, []string{args[1], "--help"}, stdout, stderr)
+		}
 		fmt.Fprint(stdout, usage)
 		return 0
 	}
 	fmt.Fprintf(stderr, "diskimporter: unknown command %q\n\n%s", args[0], usage)
 	return 2
+}
+
+const versionUsage = `Usage: diskimporter version
+
+Prints the module version, the VCS revision the binary was built from and
+the Go version it was built with.
+
+Examples:
+  diskimporter version
+  # The version inside the image (its entrypoint is the binary).
+  docker run --rm registry.example/diskimporter:TAG version
+
+`
+
+func runVersion(args []string, stdout, stderr io.Writer) int {
+	fs := pflag.NewFlagSet("version", pflag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() { fmt.Fprint(stderr, versionUsage) }
+	if err := parseFlags(fs, args); err != nil {
+		if errors.Is(err, pflag.ErrHelp) {
+			return 0
+		}
+		fmt.Fprintf(stderr, "diskimporter version: %v\n", err)
+		return 2
+	}
+	fmt.Fprintln(stdout, version())
+	return 0
 }
