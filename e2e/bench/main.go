@@ -64,6 +64,7 @@ func main() {
 		"rows, comma-separated, of: "+strings.Join(knownRows(), ", ")+
 			" (diskimporter-qcow2, -gz, -xz, -zst import the same disk in those containers); when only -limits is given: "+strings.Join(defaultRows, ","))
 	markdown := flag.Bool("markdown", false, "print the table as Markdown, the header lines as text above it")
+	flag.Float64Var(&pullRate, "pull-throttle", 40e6, "bytes per second each connection to the throttled object store of the pull rows is paced to")
 	flag.Float64Var(&throttle, "throttle", 12.5e6, "bytes per second each connection to the throttled source (rows throttled-N) is paced to")
 	flag.StringVar(&profileDir, "profile-dir", "", "save a 2-second CPU profile of each diskimporter row (taken through --pprof-address) into this directory")
 	flag.Usage = func() {
@@ -142,6 +143,7 @@ type setup struct {
 	throttledURL string // the same directory, each connection paced to throttle
 	reg          *registry.Registry
 	dockerConfig string // path of a Docker config.json with the registry's credentials
+	pull         *pull  // what the pull rows share, once one ran
 	self         string // this program's binary, for the client subcommands
 	importer     string // the diskimporter binary
 }
@@ -362,6 +364,8 @@ func (s *setup) client(ctx context.Context, row, limit, repo string) (*client, e
 	case row == "cpu-ceiling":
 		return &client{argv: []string{s.self, "cpu-ceiling", s.disk},
 			note: "sha256 + AES-128-GCM of the bytes, in memory"}, nil
+	case pullRows[row]:
+		return s.pullClient(ctx, row)
 	case row == "crane":
 		return s.craneClient(ctx, repo)
 	case row == "oras":

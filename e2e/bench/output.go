@@ -116,6 +116,11 @@ func printSummary(w io.Writer, results []result, markdown bool) {
 	ratio("MiB/s", "diskimporter", "gzip-stream-layer", rate)
 	ratio("client CPU s/GiB", "diskimporter", "cpu-ceiling", cpu)
 	ratio("MiB/s", "throttled-8", "throttled-1", rate)
+	ratio("MiB/s", "pull-export-8", "pull-export-1", rate)
+	ratio("MiB/s", "pull-export-8", "pull-crane", rate)
+	ratio("MiB/s", "pull-export-8", "pull-oras", rate)
+	ratio("MiB/s", "pull-export-fast-8", "pull-curl-fast", rate)
+	ratio("MiB/s", "pull-export-fast-8", "pull-export-fast-1", rate)
 	if maxRSS > 0 {
 		lines = append(lines, fmt.Sprintf("diskimporter (default settings) peak RSS, largest of its rows: %.0f MiB", maxRSS))
 	}

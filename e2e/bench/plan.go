@@ -29,6 +29,8 @@ var (
 		"diskimporter", "diskimporter-1conn", "diskimporter-http2", "gzip-stream-layer",
 		"crane", "oras", "put-ceiling", "cpu-ceiling",
 		"throttled-1", "throttled-4", "throttled-8",
+		"pull-export-1", "pull-export-4", "pull-export-8", "pull-export-16", "pull-crane", "pull-oras",
+		"pull-export-fast-1", "pull-export-fast-8", "pull-curl-fast", "pull-export-direct",
 	}
 	// limitedRows are the rows the default plan runs under each
 	// single-core placement: the designs compared, and the transport's
@@ -100,6 +102,11 @@ func knownRows() []string {
 	rows := slices.Clone(allRows)
 	for row := range sourceRows {
 		rows = append(rows, row)
+	}
+	for row := range pullRows {
+		if !slices.Contains(rows, row) {
+			rows = append(rows, row)
+		}
 	}
 	slices.Sort(rows[len(allRows):])
 	return rows

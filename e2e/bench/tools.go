@@ -65,23 +65,35 @@ func (s *setup) orasClient(ctx context.Context, repo string) (*client, error) {
 // writeDockerConfig writes a Docker config.json holding the registry's
 // credentials into its own directory under s.dir, and records its path.
 func (s *setup) writeDockerConfig() error {
-	dir := filepath.Join(s.dir, "docker")
+	path, err := s.dockerConfigFile("docker", s.reg.Addr)
+	s.dockerConfig = path
+	return err
+}
+
+// dockerConfigFile writes, into s.dir/name/config.json, a Docker config
+// giving the registry's credentials to each of hosts, and returns its
+// path.
+func (s *setup) dockerConfigFile(name string, hosts ...string) (string, error) {
+	dir := filepath.Join(s.dir, name)
 	if err := os.Mkdir(dir, 0o700); err != nil {
-		return err
+		return "", err
 	}
 	type auth struct {
 		Auth string `json:"auth"`
 	}
-	cfg := struct {
+	auths := map[string]auth{}
+	for _, h := range hosts {
+		auths[h] = auth{base64.StdEncoding.EncodeToString([]byte(s.reg.Username + ":" + s.reg.Password))}
+	}
+	b, err := json.Marshal(struct {
 		Auths map[string]auth `json:"auths"`
-	}{map[string]auth{s.reg.Addr: {base64.StdEncoding.EncodeToString([]byte(s.reg.Username + ":" + s.reg.Password))}}}
-	b, err := json.Marshal(cfg)
+	}{auths})
 	if err != nil {
-		return err
+		return "", err
 	}
-	s.dockerConfig = filepath.Join(dir, "config.json")
-	if err := os.WriteFile(s.dockerConfig, b, 0o600); err != nil {
-		return fmt.Errorf("writing docker config: %w", err)
+	path := filepath.Join(dir, "config.json")
+	if err := os.WriteFile(path, b, 0o600); err != nil {
+		return "", fmt.Errorf("writing docker config: %w", err)
 	}
-	return nil
+	return path, nil
 }
