@@ -44,6 +44,12 @@ func openRegistry(ctx context.Context, o *settings, ref string) (*source, io.Rea
 		if err != nil {
 			return nil, registrySourceError(display, err)
 		}
+		if d.Compressed() {
+			// The layer is decoded inside rc: on a goroutine of its own,
+			// beside the new layer's hash.
+			ra := newReadAhead(rc, func() { rc.Close() })
+			return sourceReader{readCloser{ra, ra}}, nil
+		}
 		return sourceReader{rc}, nil
 	}
 	rc, err := open(ctx)

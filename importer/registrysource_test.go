@@ -1,8 +1,20 @@
 package importer_test
 
 import (
+	"archive/tar"
+	"bytes"
+	"crypto/sha256"
 	"errors"
+	"fmt"
 	"testing"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/static"
+	"github.com/google/go-containerregistry/pkg/v1/types"
+	"github.com/klauspost/compress/gzip"
 
 	"github.com/diskimporter/diskimporter/importer"
 )
@@ -47,5 +59,44 @@ func TestRegistrySource(t *testing.T) {
 	o.Destination = reg.host + "/copies/none:v1"
 	if _, err := importer.Run(testContext(t), o); !errors.Is(err, importer.ErrSourceNotFound) {
 		t.Errorf("missing image: %v, want ErrSourceNotFound", err)
+	}
+}
+
+// TestRegistrySourceGzipLayer imports the disk of a containerDisk whose
+// layer is gzip-compressed (as other tools build them): the blob is read
+// whole and decoded, and the disk lands in an uncompressed layer.
+func TestRegistrySourceGzipLayer(t *testing.T) {
+	t.Parallel()
+	disk := diskBytes(t, 2<<20+512)
+	var tarBuf bytes.Buffer
+	tw := tar.NewWriter(&tarBuf)
+	tw.WriteHeader(&tar.Header{Name: "./disk/", Typeflag: tar.TypeDir, Mode: 0o755})
+	tw.WriteHeader(&tar.Header{Name: "./disk/fedora.img", Typeflag: tar.TypeReg, Mode: 0o644, Size: int64(len(disk))})
+	tw.Write(disk)
+	tw.Close()
+	var gz bytes.Buffer
+	zw := gzip.NewWriter(&gz)
+	zw.Write(tarBuf.Bytes())
+	zw.Close()
+	img, err := mutate.AppendLayers(empty.Image, static.NewLayer(gz.Bytes(), types.DockerLayer))
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg := newTestRegistry(t)
+	ref, err := name.ParseReference(reg.host + "/others/gz:v1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := remote.Write(ref, img, remote.WithTransport(reg.clientTransport())); err != nil {
+		t.Fatal(err)
+	}
+	o := baseOptions(reg, "docker://"+ref.String())
+	o.SourceCAFile = reg.caFile
+	res, err := importer.Run(testContext(t), o)
+	if err != nil {
+		t.Fatalf("Run: %v (reason %s)", err, importer.Reason(err))
+	}
+	if want := fmt.Sprintf("sha256:%x", sha256.Sum256(disk)); res.DiskSHA256 != want || res.Size != int64(len(disk)) || res.Format != "raw" {
+		t.Errorf("result %+v, want the %d-byte raw disk %s", *res, len(disk), want)
 	}
 }
