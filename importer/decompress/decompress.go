@@ -19,15 +19,12 @@ package decompress
 import (
 	"bufio"
 	"compress/bzip2"
-	"encoding/binary"
 	"errors"
 	"fmt"
-	"hash/crc32"
 	"io"
 
 	"github.com/klauspost/compress/gzip"
 	"github.com/klauspost/compress/zstd"
-	"github.com/ulikunitz/xz"
 
 	"github.com/diskimporter/diskimporter/importer/detect"
 )
@@ -39,7 +36,8 @@ var ErrCorrupt = errors.New("corrupt compressed input")
 
 // ErrUnsupported matches the errors of input that may well be valid but
 // that NewReader will not decode: it needs more memory than MaxZstdWindow
-// or MaxXZDict allow, a zstd dictionary, or an xz filter other than LZMA2.
+// or MaxXZDict allow, a zstd dictionary, an xz filter other than LZMA2, or
+// an xz check other than none, CRC32, CRC64 and SHA-256.
 var ErrUnsupported = errors.New("unsupported compressed input")
 
 // Limits on the memory a decoder may allocate because its input asks for
@@ -52,16 +50,18 @@ const (
 	// large inputs, need more.
 	MaxZstdWindow = 128 << 20
 
-	// MaxXZDict is the largest LZMA2 dictionary accepted in the first
-	// block of an .xz file, 512 MiB: eight times that of xz -9.
+	// MaxXZDict is the largest LZMA2 dictionary accepted in any block
+	// of an .xz file, 512 MiB: eight times that of xz -9. The decoder
+	// allocates the dictionary a block header asks for, up to 4 GiB, for
+	// each block.
 	MaxXZDict = 512 << 20
 )
 
 // bufSize is the size of the buffer between the input and the gzip, xz
 // and bzip2 decoders, which read it a byte at a time (the zstd decoder
 // reads whole blocks). The gzip decoder would add a 4 KiB one itself; the
-// xz decoder none, and it is some 5% faster with one even when the input
-// is cheap to read (BenchmarkDecodeOptions).
+// LZMA2 decoder none, and the xz package's decoder is some 5% faster with
+// one even when the input is cheap to read (BenchmarkDecodeOptions).
 const bufSize = 64 << 10
 
 // zstdConcurrency is the number of blocks the zstd decoder may decode
@@ -114,12 +114,7 @@ func NewReader(c detect.Compression, r io.Reader) (io.ReadCloser, error) {
 			d.close = zr.Close
 		}
 	case detect.XZ:
-		d.src.trackTail = true
-		br := bufio.NewReaderSize(d.src, bufSize)
-		if err = checkXZDict(br); err == nil {
-			d.dec, err = xz.ReaderConfig{SingleStream: false}.NewReader(br)
-		}
-		d.atEOF = d.src.xzEnded
+		d.dec, err = newXZDecoder(bufio.NewReaderSize(d.src, bufSize))
 	case detect.Bzip2:
 		d.dec = bzip2.NewReader(bufio.NewReaderSize(d.src, bufSize))
 	default:
@@ -140,8 +135,7 @@ type reader struct {
 	dec   io.Reader
 	src   *source
 	close func()
-	atEOF func() error // checks the input is complete when dec reports io.EOF
-	err   error        // sticky
+	err   error // sticky
 }
 
 var errClosed = errors.New("decompress: read after Close")
@@ -151,14 +145,8 @@ func (r *reader) Read(p []byte) (int, error) {
 		return 0, r.err
 	}
 	n, err := r.dec.Read(p)
-	if err == io.EOF {
-		if r.src.n == 0 {
-			err = io.ErrUnexpectedEOF // no input at all
-		} else if r.atEOF != nil {
-			if e := r.atEOF(); e != nil {
-				err = e
-			}
-		}
+	if err == io.EOF && r.src.n == 0 {
+		err = io.ErrUnexpectedEOF // no input at all
 	}
 	if err != nil {
 		if err != io.EOF {
@@ -199,16 +187,11 @@ func (r *reader) Close() error {
 }
 
 // source reads the compressed input, remembering its first error other
-// than io.EOF and, if trackTail is set, its last non-zero bytes.
+// than io.EOF.
 type source struct {
 	r   io.Reader
 	n   int64 // bytes read
 	err error
-
-	trackTail bool
-	tail      [xzFooterLen]byte // the last bytes up to the last non-zero byte
-	tailLen   int               // how many bytes of tail are valid
-	zeros     int64             // zero bytes after those
 }
 
 func (s *source) Read(p []byte) (int, error) {
@@ -217,111 +200,5 @@ func (s *source) Read(p []byte) (int, error) {
 	if err != nil && err != io.EOF && s.err == nil {
 		s.err = err
 	}
-	if s.trackTail && n > 0 {
-		s.track(p[:n])
-	}
 	return n, err
-}
-
-func (s *source) track(b []byte) {
-	last := len(b) - 1
-	for last >= 0 && b[last] == 0 {
-		last--
-	}
-	if last < 0 {
-		s.zeros += int64(len(b))
-		return
-	}
-	// The bytes before the last non-zero one are the pending zeros and
-	// b[:last+1]; only the last len(s.tail) of them matter.
-	nz := b[:last+1]
-	var buf [2 * xzFooterLen]byte
-	keep := buf[:0]
-	if len(nz) < xzFooterLen {
-		keep = append(keep, s.tail[:s.tailLen]...)
-		for z := s.zeros; z > 0 && len(keep) < 2*xzFooterLen-len(nz); z-- {
-			keep = append(keep, 0)
-		}
-	}
-	keep = append(keep, nz[max(0, len(nz)-xzFooterLen):]...)
-	s.tailLen = copy(s.tail[:], keep[max(0, len(keep)-xzFooterLen):])
-	s.zeros = int64(len(b) - 1 - last)
-}
-
-// xzEnded reports whether the input so far ends as a complete .xz file
-// does: with a valid stream footer and stream padding. The xz decoder
-// reports io.EOF when the input ends at a block boundary, where it should
-// report a truncated stream (https://github.com/ulikunitz/xz/pull/83); so
-// its io.EOF counts only if the input passes this check.
-func (s *source) xzEnded() error {
-	if s.err != nil {
-		return s.err
-	}
-	if s.tailLen < xzFooterLen || s.zeros%4 != 0 || parseXZFooter(s.tail[:]) != nil {
-		return fmt.Errorf("stream ends without a footer: %w", io.ErrUnexpectedEOF)
-	}
-	return nil
-}
-
-// checkXZDict refuses an .xz file whose first block needs a dictionary
-// larger than MaxXZDict, or a filter other than LZMA2 (the xz package
-// supports no other): the xz package allocates the dictionary a block asks
-// for in one piece, up to 4 GiB, and its ReaderConfig.DictCap is a floor,
-// not a limit. Later blocks are not checked: an encoder uses one
-// dictionary size for all blocks. Input the check cannot parse is left to
-// the decoder to reject.
-func checkXZDict(br *bufio.Reader) error {
-	const lzma2 = 0x21
-	head, _ := br.Peek(xzHeaderLen + 1)
-	if len(head) < xzHeaderLen+1 || head[xzHeaderLen] == 0 {
-		return nil
-	}
-	hlen := (int(head[xzHeaderLen]) + 1) * 4
-	head, _ = br.Peek(xzHeaderLen + hlen)
-	if len(head) < xzHeaderLen+hlen {
-		return nil
-	}
-	h := head[xzHeaderLen : xzHeaderLen+hlen]
-	if crc32.ChecksumIEEE(h[:hlen-4]) != binary.LittleEndian.Uint32(h[hlen-4:]) {
-		return nil
-	}
-	flags := h[1]
-	p := h[2 : hlen-4]
-	for _, present := range []bool{flags&0x40 != 0, flags&0x80 != 0} {
-		if present {
-			if _, n := decodeVLI(p); n > 0 {
-				p = p[n:]
-			} else {
-				return nil
-			}
-		}
-	}
-	for range int(flags&3) + 1 {
-		id, n := decodeVLI(p)
-		if n == 0 {
-			return nil
-		}
-		p = p[n:]
-		size, n := decodeVLI(p)
-		if n == 0 || size > uint64(len(p)-n) {
-			return nil
-		}
-		props := p[n : n+int(size)]
-		p = p[n+int(size):]
-		if id != lzma2 {
-			return fmt.Errorf("%w: filter %#x (only LZMA2 is supported)", ErrUnsupported, id)
-		}
-		if len(props) == 1 && props[0] <= 40 {
-			b := props[0]
-			dict := uint64(2|b&1) << (b/2 + 11)
-			if b == 40 {
-				dict = 1<<32 - 1
-			}
-			if dict > MaxXZDict {
-				return fmt.Errorf("%w: dictionary of %d MiB, more than the %d MiB allowed",
-					ErrUnsupported, dict>>20, MaxXZDict>>20)
-			}
-		}
-	}
-	return nil
 }

@@ -74,6 +74,14 @@ func TestRoundTrip(t *testing.T) {
 		{"xz/two streams with padding", detect.XZ, func(t *testing.T) []byte {
 			return cat(compress(t, detect.XZ, data), make([]byte, 8), compress(t, detect.XZ, small), make([]byte, 4))
 		}, cat(data, small)},
+		{"xz/streams of blocks, each check, padding", detect.XZ, func(t *testing.T) []byte {
+			return cat(xzCompress(t, xz.WriterConfig{DictCap: 1 << 16, BlockSize: 30_000, CheckSum: xz.CRC32}, medium),
+				make([]byte, 4),
+				xzCompress(t, xz.WriterConfig{DictCap: 1 << 16, BlockSize: 30_000, NoCheckSum: true}, small),
+				make([]byte, 12),
+				xzCompress(t, xz.WriterConfig{DictCap: 1 << 16, BlockSize: 30_000, CheckSum: xz.CRC64}, medium),
+				xzCompress(t, xz.WriterConfig{DictCap: 1 << 16, BlockSize: 30_000, CheckSum: xz.SHA256}, nil))
+		}, cat(medium, small, medium)},
 		{"xz/empty", detect.XZ, func(t *testing.T) []byte { return compress(t, detect.XZ, nil) }, nil},
 		{"bzip2", detect.Bzip2, func(t *testing.T) []byte { return compress(t, detect.Bzip2, data) }, data},
 		{"bzip2/two streams", detect.Bzip2, func(t *testing.T) []byte {
@@ -312,50 +320,6 @@ func TestClose(t *testing.T) {
 	if n := runtime.NumGoroutine(); n > before {
 		t.Errorf("%d goroutines after Close, %d before", n, before)
 	}
-}
-
-// The tail tracker keeps the last non-zero bytes and the zeros after them,
-// however the input is split.
-func TestSourceTrack(t *testing.T) {
-	rnd := rand.New(rand.NewPCG(3, 4))
-	for i := 0; i < 2000; i++ {
-		n := rnd.IntN(60)
-		in := make([]byte, n)
-		for j := range in {
-			if rnd.IntN(3) == 0 {
-				in[j] = byte(rnd.IntN(256))
-			}
-		}
-		s := &source{r: iotest.OneByteReader(bytes.NewReader(in)), trackTail: true}
-		if rnd.IntN(2) == 0 {
-			s.r = &randomChunks{in: in, rnd: rnd}
-		}
-		if _, err := io.ReadAll(s); err != nil {
-			t.Fatal(err)
-		}
-		last := len(in) - 1
-		for last >= 0 && in[last] == 0 {
-			last--
-		}
-		want := in[max(0, last+1-xzFooterLen) : last+1]
-		if got := s.tail[:s.tailLen]; !bytes.Equal(got, want) || s.zeros != int64(len(in)-1-last) {
-			t.Fatalf("input % x: tail % x, %d zeros; want % x, %d", in, got, s.zeros, want, len(in)-1-last)
-		}
-	}
-}
-
-type randomChunks struct {
-	in  []byte
-	rnd *rand.Rand
-}
-
-func (r *randomChunks) Read(p []byte) (int, error) {
-	if len(r.in) == 0 {
-		return 0, io.EOF
-	}
-	n := copy(p[:min(len(p), 1+r.rnd.IntN(30))], r.in)
-	r.in = r.in[n:]
-	return n, nil
 }
 
 // Files made by the C tools decode, and their sizes are found.
