@@ -154,17 +154,7 @@ func runExport(ctx context.Context, args []string, stdout, stderr io.Writer) int
 // writeResult writes the result, or the failure, to --result-file and, in a
 // Pod, to the termination message file.
 func (c *exportCLI) writeResult(v any, logger *slog.Logger) {
-	if c.resultFile != "" {
-		b, _ := json.Marshal(v)
-		if err := os.WriteFile(c.resultFile, append(b, '\n'), 0o644); err != nil {
-			logger.Error("writing the result file", "path", c.resultFile, "error", err)
-		}
-	}
-	if os.Getenv(podstatus.EnvPodName) != "" && c.terminationLog != "" {
-		if err := podstatus.WriteTerminationMessage(c.terminationLog, v); err != nil {
-			logger.Error("writing the termination message", "error", err)
-		}
-	}
+	writeResult(c.resultFile, c.terminationLog, v, logger)
 }
 
 // exportKeychain answers every registry with the same credentials.

@@ -449,14 +449,20 @@ func validHeaderName(s string) bool {
 // writeResult writes the result, or the failure, to --result-file and, in a
 // Pod, to the termination message file.
 func (c *cliOptions) writeResult(v any, logger *slog.Logger) {
-	if c.resultFile != "" {
+	writeResult(c.resultFile, c.terminationLog, v, logger)
+}
+
+// writeResult writes v as JSON to resultFile (when set) and, in a Pod, to
+// the termination message file terminationLog (when set).
+func writeResult(resultFile, terminationLog string, v any, logger *slog.Logger) {
+	if resultFile != "" {
 		b, _ := json.Marshal(v)
-		if err := os.WriteFile(c.resultFile, append(b, '\n'), 0o644); err != nil {
-			logger.Error("writing the result file", "path", c.resultFile, "error", err)
+		if err := os.WriteFile(resultFile, append(b, '\n'), 0o644); err != nil {
+			logger.Error("writing the result file", "path", resultFile, "error", err)
 		}
 	}
-	if os.Getenv(podstatus.EnvPodName) != "" && c.terminationLog != "" {
-		if err := podstatus.WriteTerminationMessage(c.terminationLog, v); err != nil {
+	if os.Getenv(podstatus.EnvPodName) != "" && terminationLog != "" {
+		if err := podstatus.WriteTerminationMessage(terminationLog, v); err != nil {
 			logger.Error("writing the termination message", "error", err)
 		}
 	}

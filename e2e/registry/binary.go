@@ -1,12 +1,10 @@
 package registry
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"syscall"
 	"time"
@@ -144,33 +142,5 @@ func lockFile(ctx context.Context, path string) (func(), error) {
 // install runs "go install Module@Version" into a temporary GOBIN inside
 // binDir and renames the result to binDir/registry.
 func install(ctx context.Context, binDir string) error {
-	goTool := "go"
-	if goroot := os.Getenv("GOROOT"); goroot != "" {
-		if p := filepath.Join(goroot, "bin", "go"); isExecutableFile(p) {
-			goTool = p
-		}
-	}
-	tmp, err := os.MkdirTemp(binDir, ".install-")
-	if err != nil {
-		return fmt.Errorf("registry: %w", err)
-	}
-	defer os.RemoveAll(tmp)
-
-	ctx, cancel := context.WithTimeout(ctx, installTimeout)
-	defer cancel()
-	var out bytes.Buffer
-	cmd := exec.CommandContext(ctx, goTool, "install", Module+"@"+Version)
-	cmd.Env = append(os.Environ(), "GOBIN="+tmp)
-	cmd.Stdout = &out
-	cmd.Stderr = &out
-	cmd.WaitDelay = 10 * time.Second
-	start := time.Now()
-	if err := cmd.Run(); err != nil {
-		return fmt.Errorf("registry: go install %s@%s failed after %v: %w\n%s",
-			Module, Version, time.Since(start).Round(time.Second), err, out.Bytes())
-	}
-	if err := os.Rename(filepath.Join(tmp, "registry"), filepath.Join(binDir, "registry")); err != nil {
-		return fmt.Errorf("registry: installing binary: %w", err)
-	}
-	return nil
+	return installTool(ctx, binDir, "registry", Module, Version, filepath.Join(binDir, "registry"))
 }
