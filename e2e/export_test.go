@@ -69,12 +69,24 @@ func runExport(t *testing.T, env []string, args ...string) *run {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(t.Context(), cliTimeout)
 	defer cancel()
-	var stdout, stderr bytes.Buffer
+	// Stdout is a file, not a pipe: --output - writes the whole disk there,
+	// and a pipe drained by a goroutine of this (race-instrumented, busy)
+	// process can miss exec's WaitDelay.
+	stdout, err := os.CreateTemp(t.TempDir(), "stdout")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stdout.Close()
+	var stderr bytes.Buffer
 	cmd := exportCommand(ctx, env, args...)
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	cmd.Stdout, cmd.Stderr = stdout, &stderr
 	start := time.Now()
-	err := cmd.Run()
-	r := &run{args: append([]string{"export"}, args...), stdout: stdout.Bytes(), stderr: stderr.Bytes(), took: time.Since(start)}
+	err = cmd.Run()
+	out, rerr := os.ReadFile(stdout.Name())
+	if rerr != nil {
+		t.Fatal(rerr)
+	}
+	r := &run{args: append([]string{"export"}, args...), stdout: out, stderr: stderr.Bytes(), took: time.Since(start)}
 	var exitErr *exec.ExitError
 	switch {
 	case err == nil:
