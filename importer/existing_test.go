@@ -93,9 +93,15 @@ func TestRegistryRetryAfter(t *testing.T) {
 		})
 	}))
 	src := newTestSource(t, serveBytes(data, `"v1"`))
+	var retries []importer.Retry
+	o := baseOptions(reg, src.url)
+	o.OnRetry = func(r importer.Retry) { retries = append(retries, r) }
 	start := time.Now()
-	if _, err := importer.Run(testContext(t), baseOptions(reg, src.url)); err != nil {
+	if _, err := importer.Run(testContext(t), o); err != nil {
 		t.Fatalf("Run: %v", err)
+	}
+	if len(retries) != 1 || retries[0].Stage != importer.RetryUpload {
+		t.Errorf("OnRetry saw %+v, want one upload retry", retries)
 	}
 	if took := time.Since(start); took < 2*time.Second {
 		t.Errorf("took %v: the retry came before the 2 s Retry-After", took)

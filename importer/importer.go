@@ -189,6 +189,9 @@ func run(ctx context.Context, s *settings, log *slog.Logger, prog *tracker) (*Re
 	l, err := layer.New(io.NopCloser(countingReader{d.r, &prog.bytes}), d.size, append(layerOpts,
 		layer.WithReopen(func() (io.ReadCloser, error) {
 			log.Warn("reading the disk again for an upload retry")
+			if s.OnRetry != nil {
+				s.OnRetry(Retry{Stage: RetryUpload})
+			}
 			rc, err := d.reopen(ctx)
 			if err != nil {
 				return nil, err

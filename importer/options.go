@@ -154,6 +154,12 @@ type Options struct {
 	// Logger receives progress and stage logs. Nil: slog.Default().
 	Logger *slog.Logger
 
+	// OnRetry, when set, is told of every retry: a source read resumed
+	// (from several goroutines at once when the source is read in
+	// parallel pieces) or the layer upload started again. It should return
+	// quickly.
+	OnRetry func(Retry)
+
 	// OnProgress, when set, is called with a snapshot every
 	// ProgressInterval and once more at the end, with PhaseDone or
 	// PhaseFailed. Calls come from one goroutine at a time and should

@@ -29,6 +29,22 @@ const (
 	PhaseFailed Phase = "failed"
 )
 
+// Retry is one retry of the import, for Options.OnRetry.
+type Retry struct {
+	// Stage is RetrySource or RetryUpload.
+	Stage string
+	// Offset is where a source read resumes; 0 for an upload.
+	Offset int64
+	// Err is the failure that is retried.
+	Err error
+}
+
+// Retry stages.
+const (
+	RetrySource = "source" // a source read resumed where it stopped
+	RetryUpload = "upload" // the layer upload started again
+)
+
 // Progress is a snapshot of an import.
 type Progress struct {
 	Phase Phase

@@ -87,6 +87,9 @@ func (o *settings) fetchOptions(display string) fetch.Options {
 		StallTimeout: o.StallTimeout,
 		OnRetry: func(offset int64, err error) {
 			o.Logger.Warn("source read failed; resuming", "source", display, "offset", offset, "error", err)
+			if o.OnRetry != nil {
+				o.OnRetry(Retry{Stage: RetrySource, Offset: offset, Err: err})
+			}
 		},
 	}
 }

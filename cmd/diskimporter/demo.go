@@ -10,7 +10,6 @@ import (
 	"fmt"
 	"io"
 	"log"
-	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -94,12 +93,12 @@ func demo(ctx context.Context, d demoOptions, stdout, stderr io.Writer) error {
 	defer con.finish()
 	var metrics *importMetrics
 	var observe, reportMetrics func(importer.Progress)
-	var observeLog func(slog.Record)
+	var onRetry func(importer.Retry)
 	if d.metricsAddress != "" {
 		metrics = newImportMetrics(time.Now)
-		reportMetrics, observeLog = metrics.report, metrics.observeLog
+		reportMetrics, onRetry = metrics.report, metrics.retried
 	}
-	logger, err := con.newLogger("text", observeLog)
+	logger, err := con.newLogger("text")
 	if err != nil {
 		return err
 	}
@@ -145,6 +144,7 @@ func demo(ctx context.Context, d demoOptions, stdout, stderr io.Writer) error {
 		Logger:           logger,
 		ProgressInterval: con.progressInterval(0),
 		OnProgress:       observe,
+		OnRetry:          onRetry,
 	})
 	con.finish()
 	if metrics != nil {

@@ -246,13 +246,12 @@ func runImport(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	}
 
 	var metrics *importMetrics
-	var observe func(slog.Record)
 	if c.metricsAddress != "" {
 		metrics = newImportMetrics(time.Now)
-		observe = metrics.observeLog
+		o.OnRetry = metrics.retried
 	}
 	con := newConsole(stderr, chooseProgressMode(c.quiet, canDrawLine(stderr), os.Getenv("TERM")))
-	logger, err := con.newLogger(c.logFormat, observe)
+	logger, err := con.newLogger(c.logFormat)
 	if err != nil {
 		return usageError(err)
 	}
@@ -514,5 +513,5 @@ type failure struct {
 // newLogger returns a slog logger writing to w in the given format (auto:
 // text on a terminal, JSON otherwise), without a progress line.
 func newLogger(format string, w io.Writer) (*slog.Logger, error) {
-	return newConsole(w, progressLog).newLogger(format, nil)
+	return newConsole(w, progressLog).newLogger(format)
 }

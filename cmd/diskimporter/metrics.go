@@ -87,8 +87,8 @@ func newImportMetrics(now func() time.Time) *importMetrics {
 	for _, p := range metricPhases {
 		m.phase.WithLabelValues(string(p))
 	}
-	m.retries.WithLabelValues("source")
-	m.retries.WithLabelValues("upload")
+	m.retries.WithLabelValues(importer.RetrySource)
+	m.retries.WithLabelValues(importer.RetryUpload)
 	m.reg.MustRegister(m.transferred, m.expected, m.ratio, m.current, m.average, duration,
 		m.phase, m.retries, m.result,
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
@@ -134,18 +134,9 @@ func (m *importMetrics) elapsed() float64 {
 	return end.Sub(m.start).Seconds()
 }
 
-// observeLog counts the importer's retry warnings (importer.Options has no
-// retry callback; see sourceRetryMessage).
-func (m *importMetrics) observeLog(r slog.Record) {
-	if r.Level != slog.LevelWarn {
-		return
-	}
-	switch r.Message {
-	case sourceRetryMessage:
-		m.retries.WithLabelValues("source").Inc()
-	case uploadRetryMessage:
-		m.retries.WithLabelValues("upload").Inc()
-	}
+// retried is the import's Options.OnRetry: it counts the retry by stage.
+func (m *importMetrics) retried(r importer.Retry) {
+	m.retries.WithLabelValues(r.Stage).Inc()
 }
 
 // finish records the end of the import: err nil for a success. It may be

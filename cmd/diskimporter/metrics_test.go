@@ -69,12 +69,6 @@ var metricTypes = map[string]string{
 func TestMetrics(t *testing.T) {
 	clock := time.Unix(1000, 0)
 	m := newImportMetrics(func() time.Time { return clock })
-	con := newConsole(io.Discard, progressLog)
-	logger, err := con.newLogger("json", m.observeLog)
-	if err != nil {
-		t.Fatal(err)
-	}
-
 	samples, types := scrape(t, m.handler())
 	for name, typ := range metricTypes {
 		if name != "diskimporter_result" && types[name] != typ {
@@ -98,10 +92,9 @@ func TestMetrics(t *testing.T) {
 	report(1, importer.Progress{Phase: importer.PhaseDownloading})
 	report(2, importer.Progress{Phase: importer.PhasePushing, Bytes: 1 << 30, Total: total, BytesPerSecond: 1 << 30})
 	report(4, importer.Progress{Phase: importer.PhasePushing, Bytes: 2 << 30, Total: total, BytesPerSecond: 1 << 29})
-	logger.Warn(sourceRetryMessage, "offset", 1)
-	logger.Warn(sourceRetryMessage, "offset", 2)
-	logger.Warn(uploadRetryMessage)
-	logger.Info(sourceRetryMessage) // not the importer's warning
+	m.retried(importer.Retry{Stage: importer.RetrySource, Offset: 1})
+	m.retried(importer.Retry{Stage: importer.RetrySource, Offset: 2})
+	m.retried(importer.Retry{Stage: importer.RetryUpload})
 
 	samples, _ = scrape(t, m.handler())
 	want := map[string]float64{
@@ -170,7 +163,7 @@ func TestMetricsFailure(t *testing.T) {
 // final values.
 func TestServeMetrics(t *testing.T) {
 	var logs bytes.Buffer
-	logger, _ := newConsole(&logs, progressLog).newLogger("text", nil)
+	logger, _ := newConsole(&logs, progressLog).newLogger("text")
 	m := newImportMetrics(nil)
 	srv, err := serveMetrics("127.0.0.1:0", m, logger)
 	if err != nil {

@@ -83,13 +83,6 @@ const barInterval = 200 * time.Millisecond
 // and dropped by --quiet.
 const progressMessage = "progress"
 
-// Messages of the importer's retry warnings, counted by the retries metric
-// (importer.Options has no retry callback).
-const (
-	sourceRetryMessage = "source read failed; resuming"
-	uploadRetryMessage = "reading the disk again for an upload retry"
-)
-
 // console is stderr of one run: the logger's output and, on a terminal,
 // the live progress line, which log records are printed above.
 type console struct {
@@ -114,9 +107,8 @@ func newConsole(stderr io.Writer, mode progressMode, barOpts ...mpb.ContainerOpt
 // text when stderr is a terminal). Its records go above the live line
 // while one is drawn; the importer's progress records are dropped when
 // the line replaces them or with --quiet, which drops every record below
-// Warn. observe, when not nil, sees every record at or above that level,
-// dropped progress records included.
-func (c *console) newLogger(format string, observe func(slog.Record)) (*slog.Logger, error) {
+// Warn.
+func (c *console) newLogger(format string) (*slog.Logger, error) {
 	switch format {
 	case "auto":
 		format = "json"
@@ -131,7 +123,7 @@ func (c *console) newLogger(format string, observe func(slog.Record)) (*slog.Log
 	if format == "text" {
 		h = slog.NewTextHandler(c.logOut, nil)
 	}
-	f := &logFilter{minLevel: slog.LevelInfo, dropProgress: c.mode != progressLog, observe: observe}
+	f := &logFilter{minLevel: slog.LevelInfo, dropProgress: c.mode != progressLog}
 	if c.mode == progressQuiet {
 		f.minLevel = slog.LevelWarn
 	}
@@ -185,11 +177,9 @@ func composeProgress(fns ...func(importer.Progress)) func(importer.Progress) {
 type logFilter struct {
 	minLevel     slog.Level
 	dropProgress bool
-	observe      func(slog.Record)
 }
 
-// filterHandler drops the records its logFilter rejects and shows every
-// record to its observer.
+// filterHandler drops the records its logFilter rejects.
 type filterHandler struct {
 	next slog.Handler
 	f    *logFilter
@@ -200,9 +190,6 @@ func (h filterHandler) Enabled(ctx context.Context, level slog.Level) bool {
 }
 
 func (h filterHandler) Handle(ctx context.Context, r slog.Record) error {
-	if h.f.observe != nil {
-		h.f.observe(r)
-	}
 	if h.f.dropProgress && r.Level == slog.LevelInfo && r.Message == progressMessage {
 		return nil
 	}
