@@ -184,9 +184,18 @@ func sourceClient(o *settings) (*http.Client, error) {
 
 // sourceTransport is the transport of sourceClient.
 func sourceTransport(o *settings) (*http.Transport, error) {
-	tc := &tls.Config{MinVersion: tls.VersionTLS12, InsecureSkipVerify: o.SourceInsecureSkipVerify}
-	if o.SourceCAFile != "" {
-		pem, err := os.ReadFile(o.SourceCAFile)
+	return SourceTransport(o.SourceCAFile, o.SourceInsecureSkipVerify, o.Connections)
+}
+
+// SourceTransport is the transport diskimporter reads sources and registry
+// blobs with: TLS 1.2 or later, trusting the PEM bundle caFile besides the
+// system roots (none when empty), or no certificate at all with
+// insecureSkipVerify; HTTP/1.1 with room for connections idle connections;
+// proxies from the environment; bodies asked for as stored.
+func SourceTransport(caFile string, insecureSkipVerify bool, connections int) (*http.Transport, error) {
+	tc := &tls.Config{MinVersion: tls.VersionTLS12, InsecureSkipVerify: insecureSkipVerify}
+	if caFile != "" {
+		pem, err := os.ReadFile(caFile)
 		if err != nil {
 			return nil, fmt.Errorf("%w: source CA file: %w", ErrInvalidOptions, err)
 		}
@@ -195,7 +204,7 @@ func sourceTransport(o *settings) (*http.Transport, error) {
 			pool = x509.NewCertPool()
 		}
 		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("%w: no PEM certificate in source CA file %s", ErrInvalidOptions, o.SourceCAFile)
+			return nil, fmt.Errorf("%w: no PEM certificate in source CA file %s", ErrInvalidOptions, caFile)
 		}
 		tc.RootCAs = pool
 	}
@@ -205,7 +214,8 @@ func sourceTransport(o *settings) (*http.Transport, error) {
 		TLSClientConfig:       tc,
 		TLSHandshakeTimeout:   30 * time.Second,
 		ResponseHeaderTimeout: 2 * time.Minute,
-		MaxIdleConnsPerHost:   o.Connections + 1,
+		IdleConnTimeout:       90 * time.Second,
+		MaxIdleConnsPerHost:   connections + 1,
 		// Bodies are read in large pieces straight from the connection;
 		// the buffer only holds the headers.
 		ReadBufferSize: 64 << 10,

@@ -2,15 +2,10 @@ package export
 
 import (
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
-	"os"
-	"time"
 
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 
@@ -49,40 +44,9 @@ func sourceError(display string, err error) error {
 	return fmt.Errorf("%w: %s: %w", importer.ErrSourceUnavailable, display, err)
 }
 
-// NewTransport returns a base transport for Options.Transport: TLS 1.2 or
-// later, trusting the PEM bundle caFile besides the system roots (none
-// when empty), or no certificate at all with insecureSkipVerify; HTTP/1.1,
-// so that parallel Range requests get a TCP connection each (HTTP/2 would
-// put them all on one); proxies from the environment; bodies asked for as
-// stored.
+// NewTransport returns a base transport for Options.Transport: the
+// importer's source transport (importer.SourceTransport), with room for up
+// to 64 connections.
 func NewTransport(caFile string, insecureSkipVerify bool) (*http.Transport, error) {
-	tc := &tls.Config{MinVersion: tls.VersionTLS12, InsecureSkipVerify: insecureSkipVerify}
-	if caFile != "" {
-		pem, err := os.ReadFile(caFile)
-		if err != nil {
-			return nil, fmt.Errorf("%w: source CA file: %w", importer.ErrInvalidOptions, err)
-		}
-		pool, err := x509.SystemCertPool()
-		if err != nil {
-			pool = x509.NewCertPool()
-		}
-		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("%w: no PEM certificate in source CA file %s", importer.ErrInvalidOptions, caFile)
-		}
-		tc.RootCAs = pool
-	}
-	t := &http.Transport{
-		Proxy:                 http.ProxyFromEnvironment,
-		DialContext:           (&net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
-		TLSClientConfig:       tc,
-		TLSHandshakeTimeout:   30 * time.Second,
-		ResponseHeaderTimeout: 2 * time.Minute,
-		IdleConnTimeout:       90 * time.Second,
-		MaxIdleConnsPerHost:   65, // up to 64 connections, and the registry's
-		ReadBufferSize:        64 << 10,
-		Protocols:             new(http.Protocols),
-		DisableCompression:    true,
-	}
-	t.Protocols.SetHTTP1(true)
-	return t, nil
+	return importer.SourceTransport(caFile, insecureSkipVerify, 64)
 }
