@@ -15,7 +15,6 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
-	v1 "github.com/google/go-containerregistry/pkg/v1"
 
 	"github.com/diskimporter/diskimporter/importer/blob"
 	"github.com/diskimporter/diskimporter/importer/decompress"
@@ -218,30 +217,12 @@ func (o InspectOptions) settings() (*settings, error) {
 		Retries:      inspectRetries,
 		StallTimeout: inspectStallTimeout,
 	}}
-	if s.Platform == "" {
-		s.Platform = "linux/amd64"
+	keychain := o.Keychain
+	if keychain == nil {
+		keychain = authn.DefaultKeychain
 	}
-	p, err := v1.ParsePlatform(s.Platform)
-	if err != nil || p.OS == "" || p.Architecture == "" {
-		return nil, fmt.Errorf("%w: platform %q: want os/arch[/variant], such as linux/arm64", ErrInvalidOptions, s.Platform)
-	}
-	s.platform = *p
-	for name := range s.SourceHeaders {
-		if name == "" || strings.ContainsAny(name, " :\r\n") || http.CanonicalHeaderKey(name) == "Host" {
-			return nil, fmt.Errorf("%w: source header name %q", ErrInvalidOptions, name)
-		}
-	}
-	if s.Logger == nil {
-		s.Logger = slog.Default()
-	}
-	s.sourceKeychain = o.Keychain
-	if s.sourceKeychain == nil {
-		s.sourceKeychain = authn.DefaultKeychain
-	}
-	if s.SourceUsername != "" {
-		s.sourceKeychain = staticKeychain{authn.FromConfig(authn.AuthConfig{Username: s.SourceUsername, Password: s.SourcePassword})}
-	} else if s.SourcePassword != "" {
-		return nil, fmt.Errorf("%w: a source password was given without a source username", ErrInvalidOptions)
+	if err := s.checkSource(keychain); err != nil {
+		return nil, err
 	}
 	return s, nil
 }

@@ -206,14 +206,12 @@ func (o Options) settings() (*settings, error) {
 	}
 	s.ref = ref
 
-	if s.Platform == "" {
-		s.Platform = "linux/amd64"
+	if s.Keychain == nil {
+		s.Keychain = authn.DefaultKeychain
 	}
-	p, err := v1.ParsePlatform(s.Platform)
-	if err != nil || p.OS == "" || p.Architecture == "" {
-		return nil, fmt.Errorf("%w: platform %q: want os/arch[/variant], such as linux/arm64", ErrInvalidOptions, s.Platform)
+	if err := s.checkSource(s.Keychain); err != nil {
+		return nil, err
 	}
-	s.platform = *p
 
 	if s.DiskName != "" && (strings.ContainsAny(s.DiskName, "/\\\x00") || s.DiskName == "." || s.DiskName == "..") {
 		return nil, fmt.Errorf("%w: disk name %q must be a plain file name", ErrInvalidOptions, s.DiskName)
@@ -231,11 +229,6 @@ func (o Options) settings() (*settings, error) {
 	}
 	if s.MaxVirtualSize == 0 {
 		s.MaxVirtualSize = uint64(s.MaxSize)
-	}
-	for name := range s.SourceHeaders {
-		if name == "" || strings.ContainsAny(name, " :\r\n") || http.CanonicalHeaderKey(name) == "Host" {
-			return nil, fmt.Errorf("%w: source header name %q", ErrInvalidOptions, name)
-		}
 	}
 	if s.SkipExisting && len(s.Checksums) == 0 {
 		return nil, errSkipNeedsChecksum
@@ -270,24 +263,42 @@ func (o Options) settings() (*settings, error) {
 	if s.ProgressInterval <= 0 {
 		s.ProgressInterval = 5 * time.Second
 	}
-	if s.Logger == nil {
-		s.Logger = slog.Default()
-	}
-	if s.Keychain == nil {
-		s.Keychain = authn.DefaultKeychain
-	}
-	s.sourceKeychain = s.Keychain
-	if s.SourceUsername != "" {
-		s.sourceKeychain = staticKeychain{authn.FromConfig(authn.AuthConfig{Username: s.SourceUsername, Password: s.SourcePassword})}
-	} else if s.SourcePassword != "" {
-		return nil, fmt.Errorf("%w: a source password was given without a source username", ErrInvalidOptions)
-	}
 	if s.Username != "" {
 		s.Keychain = staticKeychain{authn.FromConfig(authn.AuthConfig{Username: s.Username, Password: s.Password})}
 	} else if s.Password != "" {
 		return nil, fmt.Errorf("%w: a password was given without a username", ErrInvalidOptions)
 	}
 	return s, nil
+}
+
+// checkSource applies the defaults and checks of the fields that concern
+// the source, shared by an import and an inspection: the platform, the
+// source headers, the logger, and the source's credentials (from
+// SourceUsername, or keychain).
+func (s *settings) checkSource(keychain authn.Keychain) error {
+	if s.Platform == "" {
+		s.Platform = "linux/amd64"
+	}
+	p, err := v1.ParsePlatform(s.Platform)
+	if err != nil || p.OS == "" || p.Architecture == "" {
+		return fmt.Errorf("%w: platform %q: want os/arch[/variant], such as linux/arm64", ErrInvalidOptions, s.Platform)
+	}
+	s.platform = *p
+	for name := range s.SourceHeaders {
+		if name == "" || strings.ContainsAny(name, " :\r\n") || http.CanonicalHeaderKey(name) == "Host" {
+			return fmt.Errorf("%w: source header name %q", ErrInvalidOptions, name)
+		}
+	}
+	if s.Logger == nil {
+		s.Logger = slog.Default()
+	}
+	s.sourceKeychain = keychain
+	if s.SourceUsername != "" {
+		s.sourceKeychain = staticKeychain{authn.FromConfig(authn.AuthConfig{Username: s.SourceUsername, Password: s.SourcePassword})}
+	} else if s.SourcePassword != "" {
+		return fmt.Errorf("%w: a source password was given without a source username", ErrInvalidOptions)
+	}
+	return nil
 }
 
 // staticKeychain answers every registry with the same credentials.
