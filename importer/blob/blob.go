@@ -257,31 +257,10 @@ func (d *Disk) Compressed() bool { return d.Offset < 0 }
 func (d *Disk) Reader(ctx context.Context) (io.ReadCloser, error) {
 	h := sha256.New()
 	if d.Offset >= 0 && d.blob.Ranged() {
-		head, err := d.blob.NewSectionReader(ctx, 0, d.Offset)
-		if err != nil {
+		if err := d.hashHead(ctx, h); err != nil {
 			return nil, err
 		}
-		_, err = io.Copy(h, head)
-		head.Close()
-		if err != nil {
-			return nil, fmt.Errorf("layer %s: %w", d.Layer.Digest, err)
-		}
-		body, err := d.blob.NewSectionReader(ctx, d.Offset, d.Size)
-		if err != nil {
-			return nil, err
-		}
-		tailAt := d.Offset + d.Size
-		return &diskReader{r: io.TeeReader(body, h), left: d.Size, close: body.Close, finish: func() error {
-			tail, err := d.blob.NewSectionReader(ctx, tailAt, d.blob.Size()-tailAt)
-			if err != nil {
-				return err
-			}
-			defer tail.Close()
-			if _, err := io.Copy(h, tail); err != nil {
-				return err
-			}
-			return d.check(h, d.blob.Size())
-		}}, nil
+		return d.section(ctx, 0, h)
 	}
 
 	// A compressed layer, or a server that does not answer Range
@@ -316,6 +295,42 @@ func (d *Disk) Reader(ctx context.Context) (io.ReadCloser, error) {
 			}}, nil
 		}
 	}
+}
+
+// hashHead hashes the bytes of the blob before the disk of an uncompressed
+// layer into h.
+func (d *Disk) hashHead(ctx context.Context, h hash.Hash) error {
+	head, err := d.blob.NewSectionReader(ctx, 0, d.Offset)
+	if err != nil {
+		return err
+	}
+	defer head.Close()
+	if _, err := io.Copy(h, head); err != nil {
+		return fmt.Errorf("layer %s: %w", d.Layer.Digest, err)
+	}
+	return nil
+}
+
+// section reads the disk of an uncompressed layer from disk byte done on,
+// into h, which holds the blob's bytes before it; at the disk's end it
+// hashes the rest of the blob and checks the digest.
+func (d *Disk) section(ctx context.Context, done int64, h hash.Hash) (*diskReader, error) {
+	body, err := d.blob.NewSectionReader(ctx, d.Offset+done, d.Size-done)
+	if err != nil {
+		return nil, err
+	}
+	tailAt := d.Offset + d.Size
+	return &diskReader{r: io.TeeReader(body, h), left: d.Size - done, close: body.Close, finish: func() error {
+		tail, err := d.blob.NewSectionReader(ctx, tailAt, d.blob.Size()-tailAt)
+		if err != nil {
+			return err
+		}
+		defer tail.Close()
+		if _, err := io.Copy(h, tail); err != nil {
+			return err
+		}
+		return d.check(h, d.blob.Size())
+	}}, nil
 }
 
 // ErrDigest: the layer blob is not what its descriptor says.

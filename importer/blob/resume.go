@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"hash"
-	"io"
 )
 
 // Errors of ResumableReader.
@@ -64,32 +63,14 @@ func (d *Disk) ResumableReader(ctx context.Context, done int64, state []byte) (*
 	case done > 0:
 		return nil, fmt.Errorf("%w: no state given for byte %d", ErrHashState, done)
 	default:
-		head, err := d.blob.NewSectionReader(ctx, 0, d.Offset)
-		if err != nil {
+		if err := d.hashHead(ctx, h); err != nil {
 			return nil, err
 		}
-		_, err = io.Copy(h, head)
-		head.Close()
-		if err != nil {
-			return nil, fmt.Errorf("layer %s: %w", d.Layer.Digest, err)
-		}
 	}
-	body, err := d.blob.NewSectionReader(ctx, d.Offset+done, d.Size-done)
+	r, err := d.section(ctx, done, h)
 	if err != nil {
 		return nil, err
 	}
-	tailAt := d.Offset + d.Size
-	r := &diskReader{r: io.TeeReader(body, h), left: d.Size - done, close: body.Close, finish: func() error {
-		tail, err := d.blob.NewSectionReader(ctx, tailAt, d.blob.Size()-tailAt)
-		if err != nil {
-			return err
-		}
-		defer tail.Close()
-		if _, err := io.Copy(h, tail); err != nil {
-			return err
-		}
-		return d.check(h, d.blob.Size())
-	}}
 	return &Resumable{d: d, h: h, r: r, end: d.Size}, nil
 }
 
