@@ -276,7 +276,7 @@ func Export(ctx context.Context, o Options) (*Result, error) {
 	}
 	switch {
 	case s.Output == Stdout:
-		err = e.toStream(ctx, s.Stdout)
+		err = e.toStream(ctx, s.Stdout, "stdout")
 	case fi != nil && !fi.Mode().IsRegular():
 		err = e.toDevice(ctx)
 	default:
@@ -294,8 +294,8 @@ func Export(ctx context.Context, o Options) (*Result, error) {
 	return res, nil
 }
 
-// toStream writes the disk, in order, to w.
-func (e *exporter) toStream(ctx context.Context, w io.Writer) error {
+// toStream writes the disk, in order, to w, named what in errors.
+func (e *exporter) toStream(ctx context.Context, w io.Writer, what string) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	r, err := e.d.Reader(ctx)
@@ -303,7 +303,7 @@ func (e *exporter) toStream(ctx context.Context, w io.Writer) error {
 		return sourceError(e.s.display, err)
 	}
 	defer r.Close()
-	_, err = e.pump(ctx, cancel, r, nil, 0, &streamOut{w: w, what: "stdout"})
+	_, err = e.pump(ctx, cancel, r, nil, 0, &streamOut{w: w, what: what})
 	return err
 }
 
@@ -315,15 +315,8 @@ func (e *exporter) toDevice(ctx context.Context) error {
 		return fmt.Errorf("%w: %w", ErrOutput, err)
 	}
 	defer f.Close()
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	r, err := e.d.Reader(ctx)
-	if err != nil {
-		return sourceError(e.s.display, err)
-	}
-	defer r.Close()
 	e.log.Info("the output is not a regular file: writing every byte in place, without resume", "output", e.s.Output)
-	if _, err := e.pump(ctx, cancel, r, nil, 0, &streamOut{w: f, what: e.s.Output}); err != nil {
+	if err := e.toStream(ctx, f, e.s.Output); err != nil {
 		if errors.Is(err, blob.ErrDigest) {
 			return fmt.Errorf("%w; %s holds the unverified bytes", err, e.s.Output)
 		}
