@@ -117,16 +117,7 @@ func makeSource(args []string) (err error) {
 		}
 	case "disk.tar":
 		// The layer diskimporter pushes, as a file.
-		l, err := layer.New(io.NopCloser(in), fi.Size())
-		if err != nil {
-			return err
-		}
-		rc, err := l.Uncompressed()
-		if err != nil {
-			return err
-		}
-		defer rc.Close()
-		if _, err := io.Copy(w, rc); err != nil {
+		if _, err := writeLayer(w, in, fi.Size()); err != nil {
 			return err
 		}
 	case "disk.img.xz":
@@ -158,16 +149,8 @@ func layerDigest(args []string) error {
 	if err != nil {
 		return err
 	}
-	l, err := layer.New(io.NopCloser(f), fi.Size())
+	l, err := writeLayer(io.Discard, f, fi.Size())
 	if err != nil {
-		return err
-	}
-	rc, err := l.Uncompressed()
-	if err != nil {
-		return err
-	}
-	defer rc.Close()
-	if _, err := io.Copy(io.Discard, rc); err != nil {
 		return err
 	}
 	digest, err := l.Digest()
@@ -176,6 +159,23 @@ func layerDigest(args []string) error {
 	}
 	_, err = fmt.Println(digest)
 	return err
+}
+
+// writeLayer writes to w the layer diskimporter makes of the size bytes
+// of disk, with its default options, and returns the layer, whose digest
+// is then known.
+func writeLayer(w io.Writer, disk io.Reader, size int64) (*layer.Layer, error) {
+	l, err := layer.New(io.NopCloser(disk), size)
+	if err != nil {
+		return nil, err
+	}
+	rc, err := l.Uncompressed()
+	if err != nil {
+		return nil, err
+	}
+	defer rc.Close()
+	_, err = io.Copy(w, rc)
+	return l, err
 }
 
 // expectLayerDigest computes, in a child process, the layer digest of
