@@ -29,7 +29,10 @@ var (
 	// validator or length differ, or a Range request was answered with
 	// the whole object, as a server does when If-Range fails).
 	ErrChanged = errors.New("the object changed while it was read")
-	// ErrStalled: a response gave no byte for Options.StallTimeout.
+	// ErrStalled: a request waited Options.StallTimeout for its
+	// connection or headers, or a response gave no byte for that long.
+	// It never wraps context.DeadlineExceeded: no deadline of the
+	// caller's ran out.
 	ErrStalled = errors.New("no data received within the stall timeout")
 	// ErrBadRange: a Range request was answered with other bytes than
 	// those asked for.
@@ -65,8 +68,10 @@ type Options struct {
 	// stall, short body, 5xx) and be resumed from the bytes it already
 	// gave before the read fails. The count starts again once bytes flow.
 	Retries int
-	// StallTimeout drops a response that gives no byte for this long, so
-	// that it is resumed; 0 waits for ever.
+	// StallTimeout drops a request that waits this long for its
+	// connection, TLS handshake or response headers, or a response that
+	// gives no byte for this long, so that it is retried or resumed
+	// (ErrStalled, counted against Retries); 0 waits for ever.
 	StallTimeout time.Duration
 	// RetryWait is the first wait before a retry; it doubles on each
 	// failure in a row, up to 10 s. Default 250 ms.
@@ -149,17 +154,9 @@ func unreachable(err error) bool {
 }
 
 func (o *Object) open(ctx context.Context, probe int64) (*http.Response, error) {
-	display := o.display
-	req, err := o.request(ctx, o.url)
+	resp, err := o.send(ctx, o.url, 0, probe)
 	if err != nil {
 		return nil, err
-	}
-	if probe > 0 {
-		req.Header.Set("Range", "bytes=0-"+strconv.FormatInt(probe-1, 10))
-	}
-	resp, err := o.client.Do(req)
-	if err != nil {
-		return nil, fmt.Errorf("GET %s: %w", display, unwrapURLError(err))
 	}
 	o.etag, o.modified = resp.Header.Get("ETag"), resp.Header.Get("Last-Modified")
 	if !strings.HasPrefix(o.etag, "W/") && o.etag != "" {
@@ -174,19 +171,119 @@ func (o *Object) open(ctx context.Context, probe int64) (*http.Response, error) 
 		// checked anyway.
 		o.ranged = probe == 0 && o.size > 0 && (resp.Header.Get("Accept-Ranges") == "bytes" || o.rangeAware)
 	case http.StatusPartialContent:
-		start, end, total, ok := parseContentRange(resp.Header.Get("Content-Range"))
-		if !ok || start != 0 || end >= probe || total <= end || resp.ContentLength >= 0 && resp.ContentLength != end+1 {
+		// A shorter range than the probe asked for is fine: the rest
+		// is asked for when it is read.
+		_, total, err := checkPartial(resp, 0, probe, -1, "")
+		if err != nil {
 			resp.Body.Close()
-			return nil, fmt.Errorf("GET %s: %w: asked for bytes=0-%d, got Content-Range %q",
-				display, ErrBadRange, probe-1, resp.Header.Get("Content-Range"))
+			return nil, fmt.Errorf("GET %s: %w", o.display, err)
 		}
 		o.size, o.ranged = total, true
 	default:
 		resp.Body.Close()
-		return nil, fmt.Errorf("GET %s: %w", display, statusError(resp))
+		return nil, fmt.Errorf("GET %s: %w", o.display, statusError(resp))
 	}
 	o.target = resp.Request.URL.String()
 	return resp, nil
+}
+
+// send GETs target, with a Range header for bytes [start, end) when end >
+// 0, on a context of its own: waiting longer than Options.StallTimeout
+// for the connection, the TLS handshake or the response headers is a
+// stall (ErrStalled, retried like a stalled body), and closing the body
+// ends the request. The body is watched for stalls as well.
+func (o *Object) send(ctx context.Context, target string, start, end int64) (*http.Response, error) {
+	rctx, cancel := context.WithCancel(ctx)
+	req, err := o.request(rctx, target)
+	if err != nil {
+		cancel()
+		return nil, err
+	}
+	if end > 0 {
+		req.Header.Set("Range", fmt.Sprintf("bytes=%d-%d", start, end-1))
+		if o.ranged && o.validator != "" {
+			req.Header.Set("If-Range", o.validator)
+		}
+	}
+	var timer *time.Timer
+	if o.opts.StallTimeout > 0 {
+		timer = time.AfterFunc(o.opts.StallTimeout, cancel)
+	}
+	resp, err := o.client.Do(req)
+	if timer != nil && !timer.Stop() && ctx.Err() == nil {
+		// The timer fired: the wait for the headers was the stall,
+		// whatever error the cancellation gave.
+		if err == nil {
+			resp.Body.Close()
+		}
+		cancel()
+		return nil, fmt.Errorf("GET %s: %w: no response headers within %v", o.display, ErrStalled, o.opts.StallTimeout)
+	}
+	if err != nil {
+		cancel()
+		err = unwrapURLError(err)
+		if ctx.Err() == nil && errors.Is(err, context.DeadlineExceeded) {
+			// The transport's own timeout (response headers, TLS
+			// handshake), not the caller's: a stall too. Its text
+			// only, so that it does not read as the caller's deadline.
+			return nil, fmt.Errorf("GET %s: %w: %s", o.display, ErrStalled, err.Error())
+		}
+		return nil, fmt.Errorf("GET %s: %w", o.display, err)
+	}
+	resp.Body = newBody(resp.Body, o.opts.StallTimeout, cancel)
+	return resp, nil
+}
+
+// checkPartial is the one check of every 206 answer, the first included,
+// to a request for bytes [start, end) of an object of total bytes (-1:
+// not known yet). The answer must give one range (not a multipart body)
+// that starts at start, ends at or before end (a server may cap each
+// answer), gives the total expected, and has a Content-Length, when there
+// is one, of its length; its body is then held to exactly that many
+// bytes. An ETag other than etag (when not "") is another version, from
+// a server that ignored If-Range. It returns where the range ends and the
+// total it gives.
+func checkPartial(resp *http.Response, start, end, total int64, etag string) (rangeEnd, gotTotal int64, err error) {
+	cr := resp.Header.Get("Content-Range")
+	s, e, t, ok := parseContentRange(cr)
+	asked := "no Range"
+	if end > 0 {
+		asked = fmt.Sprintf("bytes=%d-%d", start, end-1)
+	}
+	switch now := resp.Header.Get("ETag"); {
+	case etag != "" && now != "" && now != etag:
+		return 0, 0, fmt.Errorf("%w: asked for %s with If-Range %s, got ETag %s", ErrChanged, asked, etag, now)
+	case isMultipart(resp.Header.Get("Content-Type")):
+		return 0, 0, fmt.Errorf("%w: asked for %s, got a multipart/byteranges body", ErrBadRange, asked)
+	case !ok || s != start || e >= end:
+		return 0, 0, fmt.Errorf("%w: asked for %s, got Content-Range %q", ErrBadRange, asked, cr)
+	case total >= 0 && t != total:
+		return 0, 0, fmt.Errorf("%w: asked for %s of %d bytes, got Content-Range %q", ErrBadRange, asked, total, cr)
+	case resp.ContentLength >= 0 && resp.ContentLength != e-s+1:
+		return 0, 0, fmt.Errorf("%w: asked for %s, got Content-Range %q with Content-Length %d", ErrBadRange, asked, cr, resp.ContentLength)
+	}
+	if b, ok := resp.Body.(*body); ok { // always: every request goes through send
+		b.left = e - s + 1
+	}
+	return e + 1, t, nil
+}
+
+// isMultipart tells whether a Content-Type is multipart/byteranges: a
+// body of several parts with headers of their own, not the bytes asked
+// for.
+func isMultipart(contentType string) bool {
+	mediaType, _, _ := strings.Cut(contentType, ";")
+	return strings.EqualFold(strings.TrimSpace(mediaType), "multipart/byteranges")
+}
+
+// strongETag is the ETag every answer must carry, if any: the strong
+// ETag first seen, or "" when there is none or the object is Immutable
+// (its pieces may come from backends with ETags of their own).
+func (o *Object) strongETag() string {
+	if o.opts.Immutable || strings.HasPrefix(o.etag, "W/") {
+		return ""
+	}
+	return o.etag
 }
 
 // Size is the object's length, or -1 when the server did not say.
@@ -234,73 +331,64 @@ func (o *Object) request(ctx context.Context, target string) (*http.Request, err
 type originHeadersKey struct{}
 
 // get requests bytes [start, end) of the object and checks the answer is
-// exactly those bytes of the version first seen. An object that is not
-// Ranged can only be read whole.
-func (o *Object) get(ctx context.Context, start, end int64) (io.ReadCloser, error) {
+// bytes of the version first seen from start, up to end or, when the
+// server caps its answers, fewer; it returns the body and where it ends.
+// An object that is not Ranged can only be read whole.
+func (o *Object) get(ctx context.Context, start, end int64) (io.ReadCloser, int64, error) {
 	o.mu.Lock()
 	target := o.target
 	o.mu.Unlock()
-	resp, err := o.getFrom(ctx, target, start, end)
+	resp, bodyEnd, err := o.getFrom(ctx, target, start, end)
 	var se *StatusError
 	if target != o.url && errors.As(err, &se) && (se.Code == http.StatusForbidden || se.Code == http.StatusBadRequest) {
 		// A presigned URL expired: ask the origin again where to go.
-		resp, err = o.getFrom(ctx, o.url, start, end)
+		resp, bodyEnd, err = o.getFrom(ctx, o.url, start, end)
 	}
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	if t := resp.Request.URL.String(); t != target {
 		o.mu.Lock()
 		o.target = t
 		o.mu.Unlock()
 	}
-	return newWatchedBody(resp.Body, o.opts.StallTimeout), nil
+	return resp.Body, bodyEnd, nil
 }
 
-func (o *Object) getFrom(ctx context.Context, target string, start, end int64) (*http.Response, error) {
-	req, err := o.request(ctx, target)
-	if err != nil {
-		return nil, err
+func (o *Object) getFrom(ctx context.Context, target string, start, end int64) (*http.Response, int64, error) {
+	if !o.ranged && (start != 0 || end != o.size) {
+		return nil, 0, fmt.Errorf("%s does not answer Range requests: it can only be read whole", o.display)
 	}
+	rangeEnd := int64(0) // no Range header
 	if o.ranged {
-		req.Header.Set("Range", fmt.Sprintf("bytes=%d-%d", start, end-1))
-		if o.validator != "" {
-			req.Header.Set("If-Range", o.validator)
-		}
-	} else if start != 0 || end != o.size {
-		return nil, fmt.Errorf("%s does not answer Range requests: it can only be read whole", o.display)
+		rangeEnd = end
 	}
-	resp, err := o.client.Do(req)
+	resp, err := o.send(ctx, target, start, rangeEnd)
 	if err != nil {
-		return nil, fmt.Errorf("GET %s: %w", o.display, unwrapURLError(err))
+		return nil, 0, err
 	}
-	fail := func(err error) (*http.Response, error) {
-		resp.Body.Close()
-		return nil, fmt.Errorf("GET %s bytes %d-%d: %w", o.display, start, end-1, err)
-	}
+	bodyEnd := end
 	switch {
 	case o.ranged && resp.StatusCode == http.StatusOK:
-		return fail(fmt.Errorf("%w: a Range request with If-Range %s was answered with the whole object, now ETag %s, Last-Modified %s",
-			ErrChanged, o.validator, orNone(resp.Header.Get("ETag")), orNone(resp.Header.Get("Last-Modified"))))
+		err = fmt.Errorf("%w: a Range request with If-Range %s was answered with the whole object, now ETag %s, Last-Modified %s",
+			ErrChanged, o.validator, orNone(resp.Header.Get("ETag")), orNone(resp.Header.Get("Last-Modified")))
 	case o.ranged && resp.StatusCode == http.StatusRequestedRangeNotSatisfiable:
-		return fail(fmt.Errorf("%w: it is now shorter than %d bytes (416)", ErrChanged, end))
+		err = fmt.Errorf("%w: it is now shorter than %d bytes (416)", ErrChanged, end)
 	case o.ranged && resp.StatusCode == http.StatusPartialContent:
-		s, e, total, ok := parseContentRange(resp.Header.Get("Content-Range"))
-		if ok && total != o.size {
-			return fail(fmt.Errorf("%w: it was %d bytes and is now %d", ErrChanged, o.size, total))
-		}
-		if !ok || s != start || e != end-1 {
-			return fail(fmt.Errorf("%w: got Content-Range %q", ErrBadRange, resp.Header.Get("Content-Range")))
-		}
+		bodyEnd, _, err = checkPartial(resp, start, end, o.size, o.strongETag())
 	case !o.ranged && resp.StatusCode == http.StatusOK:
 		if resp.ContentLength != o.size || resp.Header.Get("ETag") != o.etag || resp.Header.Get("Last-Modified") != o.modified {
-			return fail(fmt.Errorf("%w: was %d bytes, ETag %s, Last-Modified %s; now %d bytes, ETag %s, Last-Modified %s", ErrChanged,
-				o.size, orNone(o.etag), orNone(o.modified), resp.ContentLength, orNone(resp.Header.Get("ETag")), orNone(resp.Header.Get("Last-Modified"))))
+			err = fmt.Errorf("%w: was %d bytes, ETag %s, Last-Modified %s; now %d bytes, ETag %s, Last-Modified %s", ErrChanged,
+				o.size, orNone(o.etag), orNone(o.modified), resp.ContentLength, orNone(resp.Header.Get("ETag")), orNone(resp.Header.Get("Last-Modified")))
 		}
 	default:
-		return fail(statusError(resp))
+		err = statusError(resp)
 	}
-	return resp, nil
+	if err != nil {
+		resp.Body.Close()
+		return nil, 0, fmt.Errorf("GET %s bytes %d-%d: %w", o.display, start, end-1, err)
+	}
+	return resp, bodyEnd, nil
 }
 
 // NewReader returns the object's bytes in order. first is the response
@@ -328,8 +416,9 @@ func (o *Object) Stream(ctx context.Context, first *http.Response) io.ReadCloser
 	return &streamReader{ctx: ctx, cancel: cancel, o: o, body: body, bodyEnd: firstEnd, end: o.size}
 }
 
-// firstBody returns the body of the response Open returned, watched for
-// stalls, and where it ends; nil and 0 without one.
+// firstBody returns the body of the response Open returned (checked and
+// watched for stalls as every body is) and where it ends; nil and 0
+// without one.
 func (o *Object) firstBody(first *http.Response) (io.ReadCloser, int64) {
 	if first == nil {
 		return nil, 0
@@ -339,7 +428,7 @@ func (o *Object) firstBody(first *http.Response) (io.ReadCloser, int64) {
 		_, last, _, _ := parseContentRange(first.Header.Get("Content-Range"))
 		end = last + 1
 	}
-	return newWatchedBody(first.Body, o.opts.StallTimeout), end
+	return first.Body, end
 }
 
 // NewSectionReader returns the n bytes of the object from offset off, in
@@ -381,14 +470,14 @@ func (r *streamReader) Read(p []byte) (int, error) {
 				r.eof = true
 				return 0, io.EOF
 			}
-			b, err := r.o.get(r.ctx, r.off, r.end)
+			b, bodyEnd, err := r.o.get(r.ctx, r.off, r.end)
 			if err != nil {
 				if (r.off == 0 || r.o.Resumable()) && r.retry(err) {
 					continue
 				}
 				return 0, err
 			}
-			r.body, r.bodyEnd = b, r.end
+			r.body, r.bodyEnd = b, bodyEnd
 		}
 		n, err := r.body.Read(p)
 		r.off += int64(n)
@@ -400,7 +489,12 @@ func (r *streamReader) Read(p []byte) (int, error) {
 			r.body.Close()
 			r.body = nil
 			if r.end >= 0 && r.off < r.end {
-				return n, nil // the first response was a bounded range
+				// The response was a bounded range (the probe, or a
+				// capped answer): ask for the rest.
+				if n == 0 {
+					continue
+				}
+				return n, nil
 			}
 			r.eof = true
 			return n, io.EOF
@@ -450,7 +544,7 @@ func (o *Object) fill(ctx context.Context, start int64, buf []byte, body io.Read
 	a.set(body)
 	for filled < len(buf) {
 		if body == nil {
-			b, err := o.get(ctx, start+int64(filled), start+int64(len(buf)))
+			b, _, err := o.get(ctx, start+int64(filled), start+int64(len(buf)))
 			if err != nil {
 				if retries.retry(ctx, &o.opts, start+int64(filled), err) {
 					continue
@@ -475,7 +569,12 @@ func (o *Object) fill(ctx context.Context, start int64, buf []byte, body io.Read
 		case err == nil:
 			continue
 		case err == io.EOF:
-			err = io.ErrUnexpectedEOF
+			// A shorter range than asked for, whole (the body says
+			// so): ask for the rest. Not a failure.
+			body.Close()
+			body = nil
+			a.set(nil)
+			continue
 		}
 		err = fmt.Errorf("GET %s bytes %d-%d: at byte %d: %w", o.display, start, start+int64(len(buf))-1, start+int64(filled), err)
 		body.Close()
@@ -582,16 +681,30 @@ func (r *retries) retry(ctx context.Context, opts *Options, offset int64, err er
 
 // Transient tells whether err may go away on a retry: a dropped, stalled
 // or short response, wrong bytes for a range, or an answer of 408, 429 or
-// 5xx. A changed object, another 4xx, or a cancelled context is final.
+// 5xx. A changed object, another 4xx, a cancelled context, a Range
+// answer found too long after its first bytes were handed on, or an error
+// that says it is Permanent is final.
 func Transient(err error) bool {
 	var se *StatusError
+	var p Permanent
 	switch {
-	case errors.Is(err, ErrChanged), errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
+	case errors.Is(err, ErrChanged), errors.Is(err, errUntrusted),
+		errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
+		return false
+	case errors.As(err, &p) && p.Permanent():
 		return false
 	case errors.As(err, &se):
 		return se.Code == http.StatusRequestTimeout || se.Code == http.StatusTooManyRequests || se.Code >= 500
 	}
 	return !errors.Is(err, ErrRedirect)
+}
+
+// Permanent is an error that says whether a retry cannot help (a corrupt
+// image read by a caller of this package): Transient is false for one
+// whose Permanent is true.
+type Permanent interface {
+	error
+	Permanent() bool
 }
 
 func statusError(resp *http.Response) *StatusError {
@@ -668,8 +781,10 @@ func origin(u *url.URL) string {
 // would forward Authorization to a subdomain or another port of the same
 // host, and every other header anywhere; the distribution spec says
 // credentials must not cross hosts, and object stores refuse a presigned
-// URL that carries them.
+// URL that carries them. No Referer is sent either: Go's client sets one
+// to the previous URL, query string (a presigned signature) included.
 func CheckRedirect(req *http.Request, via []*http.Request) error {
+	req.Header.Del("Referer")
 	if len(via) >= 10 {
 		return fmt.Errorf("%w: stopped after 10 redirects", ErrRedirect)
 	}

@@ -3,6 +3,7 @@ package fetch
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"sync"
 	"sync/atomic"
@@ -240,44 +241,112 @@ func (r *parallelReader) Close() error {
 	return nil
 }
 
-// watchedBody is a response body whose Read fails with ErrStalled when it
-// waits longer than a stall timeout for a byte. The clock runs only while
-// a Read waits: time the reader spends elsewhere (the upload falling
-// behind) is not the source's stall. The timer closes the body, which
-// unblocks the Read.
-type watchedBody struct {
+// body is the body of every response: it ends the response's request
+// when closed, fails with ErrStalled when a Read waits longer than a stall
+// timeout for a byte, and, for a Range answer, holds the body to exactly
+// the length of its Content-Range. The stall clock runs only while a Read
+// waits: time the reader spends elsewhere (the upload falling behind) is
+// not the source's stall. The timer cancels the request, which unblocks
+// the Read.
+type body struct {
 	rc      io.ReadCloser
+	cancel  context.CancelFunc
 	timeout time.Duration
-	timer   *time.Timer
+	timer   *time.Timer // nil without a stall timeout
 	stalled atomic.Bool
+	// left is how many bytes the body still owes, -1 when its length
+	// is the transport's business (not a Range answer).
+	left  int64
+	given bool    // a Read handed bytes on
+	extra [1]byte // the read that checks the body ends with its range
 }
 
-func newWatchedBody(rc io.ReadCloser, timeout time.Duration) io.ReadCloser {
-	if timeout <= 0 {
-		return rc
+func newBody(rc io.ReadCloser, timeout time.Duration, cancel context.CancelFunc) *body {
+	b := &body{rc: rc, cancel: cancel, timeout: timeout, left: -1}
+	if timeout > 0 {
+		b.timer = time.AfterFunc(timeout, func() {
+			b.stalled.Store(true)
+			cancel()
+		})
+		b.timer.Stop()
 	}
-	w := &watchedBody{rc: rc, timeout: timeout}
-	w.timer = time.AfterFunc(timeout, func() {
-		w.stalled.Store(true)
-		rc.Close()
-	})
-	w.timer.Stop()
-	return w
+	return b
 }
 
-func (w *watchedBody) Read(p []byte) (int, error) {
-	w.timer.Reset(w.timeout)
-	n, err := w.rc.Read(p)
-	w.timer.Stop()
-	if w.stalled.Load() {
+// errUntrusted marks a Range answer found to be longer than its
+// Content-Range after some of its bytes were handed on: those cannot be
+// taken back, so the read fails rather than resumes.
+var errUntrusted = errors.New("the bytes already read from it cannot be trusted")
+
+func (b *body) Read(p []byte) (int, error) {
+	if b.left < 0 {
+		return b.read(p)
+	}
+	if b.left == 0 {
+		return 0, io.EOF // checked when left reached 0
+	}
+	if int64(len(p)) > b.left {
+		p = p[:b.left]
+	}
+	n, err := b.read(p)
+	b.left -= int64(n)
+	switch {
+	case b.left > 0 && err == io.EOF:
+		err = io.ErrUnexpectedEOF
+	case b.left == 0:
+		// The range is complete and the body must end here: the bytes
+		// of this read are withheld until it does.
+		if err == nil {
+			err = b.checkEnd()
+		}
+		if err != io.EOF {
+			b.left += int64(n)
+			return 0, err
+		}
+	}
+	if n > 0 {
+		b.given = true
+	}
+	return n, err
+}
+
+// checkEnd reads one more byte, which must not exist: io.EOF says the body
+// ends with its range.
+func (b *body) checkEnd() error {
+	for range 100 { // a Read may give 0 bytes and no error, but not for ever
+		n, err := b.read(b.extra[:])
+		switch {
+		case n > 0 && b.given:
+			return fmt.Errorf("%w: the body goes on past its Content-Range: %w", ErrBadRange, errUntrusted)
+		case n > 0:
+			return fmt.Errorf("%w: the body goes on past its Content-Range", ErrBadRange)
+		case err != nil:
+			return err
+		}
+	}
+	return io.ErrNoProgress
+}
+
+func (b *body) read(p []byte) (int, error) {
+	if b.timer == nil {
+		return b.rc.Read(p)
+	}
+	b.timer.Reset(b.timeout)
+	n, err := b.rc.Read(p)
+	b.timer.Stop()
+	if b.stalled.Load() {
 		return n, ErrStalled
 	}
 	return n, err
 }
 
-func (w *watchedBody) Close() error {
-	w.timer.Stop()
-	return w.rc.Close()
+func (b *body) Close() error {
+	if b.timer != nil {
+		b.timer.Stop()
+	}
+	err := b.rc.Close()
+	b.cancel()
+	return err
 }
 
 // ReaderAt returns random access to the object's bytes through bounded
