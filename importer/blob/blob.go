@@ -1,12 +1,15 @@
 // Package blob finds the disk of a containerDisk image in a registry and
-// reads it through the fetch engine: the manifest is resolved with
-// go-containerregistry, the layer blob is read with bounded Range requests
+// reads it through the fetch engine: the manifests are read with
+// bounded reads (MaxManifestSize) and checked against their digests, the
+// layer blob is read with bounded Range requests
 // on several connections (following the registry's redirect to an object
 // store, with the registry's credentials kept to the registry).
 //
 // The disk is the regular file under disk/ (or ./disk/), as KubeVirt and
-// CDI find it. In an uncompressed layer the disk is a byte range of the
-// blob, read alone; a gzip or zstd layer is read whole and decompressed.
+// CDI find it, and its bytes are those tar -x gives (the holes of a GNU
+// sparse file read as zeros). In an uncompressed layer the disk is a byte
+// range of the blob (or, when sparse, its data segments), read alone; a
+// gzip or zstd layer is read whole and decompressed.
 package blob
 
 import (
@@ -19,13 +22,11 @@ import (
 	"io"
 	"net/http"
 	"path"
-	"slices"
 	"strings"
 
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
@@ -42,7 +43,19 @@ var (
 	ErrPlatform = errors.New("no image for the platform")
 	// ErrLayer: the layer's media type is not one diskimporter reads.
 	ErrLayer = errors.New("unsupported layer")
+	// ErrCorrupt: the image's bytes are not a valid containerDisk (a
+	// malformed tar header or stream, a manifest over MaxManifestSize) or
+	// not what their descriptor says (size, digest). Reading them again
+	// gives the same bytes: it is final, never retried.
+	ErrCorrupt error = corruptError{}
 )
+
+type corruptError struct{}
+
+func (corruptError) Error() string { return "corrupt image" }
+
+// Permanent says that a retry cannot help, for fetch.Transient.
+func (corruptError) Permanent() bool { return true }
 
 // Options say how to reach the registry.
 type Options struct {
@@ -55,6 +68,9 @@ type Options struct {
 	Platform *v1.Platform
 	// Fetch says how blobs are read.
 	Fetch fetch.Options
+	// PlainHTTP reads the registry over plain http. False: https, on
+	// loopback too.
+	PlainHTTP bool
 }
 
 // Disk is the disk of a containerDisk image.
@@ -69,12 +85,15 @@ type Disk struct {
 	Path string
 	// Size is the disk's length in bytes.
 	Size int64
-	// Offset is where the disk starts in the layer blob, or -1 when the
-	// layer is compressed.
+	// Offset is where the disk starts in the layer blob (the data of a
+	// sparse file, its holes left out), or -1 when the layer is
+	// compressed.
 	Offset int64
 
 	blob        *fetch.Object
 	compression detect.Compression
+	scheme      string     // of the registry's URLs: https, or http when allowed
+	sparse      *sparseMap // the disk's segments, when it is a sparse file of an uncompressed layer
 }
 
 // Open resolves ref and finds its disk. Nothing of the disk is read yet,
@@ -87,33 +106,6 @@ func Open(ctx context.Context, ref name.Reference, o Options) (*Disk, error) {
 	if o.Platform != nil {
 		platform = *o.Platform
 	}
-	ropts := []remote.Option{remote.WithContext(ctx), remote.WithAuthFromKeychain(o.Keychain), remote.WithPlatform(platform)}
-	if o.Transport != nil {
-		ropts = append(ropts, remote.WithTransport(o.Transport))
-	}
-	desc, err := remote.Get(ref, ropts...)
-	if err != nil {
-		return nil, fmt.Errorf("resolving %s: %w", ref, err)
-	}
-	if desc.MediaType.IsIndex() {
-		if err := checkPlatform(desc, platform); err != nil {
-			return nil, fmt.Errorf("%s: %w", ref, err)
-		}
-	}
-	img, err := desc.Image()
-	if err != nil {
-		return nil, fmt.Errorf("reading the image %s: %w", ref, err)
-	}
-	digest, err := img.Digest()
-	if err != nil {
-		return nil, err
-	}
-	m, err := img.Manifest()
-	if err != nil {
-		return nil, fmt.Errorf("reading the manifest of %s: %w", ref, err)
-	}
-	d := &Disk{Ref: ref.Context().Digest(digest.String()), Manifest: m}
-
 	auth, err := o.Keychain.Resolve(ref.Context())
 	if err != nil {
 		return nil, fmt.Errorf("credentials for %s: %w", ref.Context(), err)
@@ -127,6 +119,15 @@ func Open(ctx context.Context, ref name.Reference, o Options) (*Disk, error) {
 		return nil, fmt.Errorf("authenticating to %s: %w", ref.Context().Registry, err)
 	}
 	client := &http.Client{Transport: rt, CheckRedirect: fetch.CheckRedirect}
+	scheme := "https"
+	if o.PlainHTTP {
+		scheme = "http"
+	}
+	m, digest, err := resolve(ctx, client, scheme, ref, platform)
+	if err != nil {
+		return nil, fmt.Errorf("resolving %s: %w", ref, err)
+	}
+	d := &Disk{Ref: ref.Context().Digest(digest.String()), Manifest: m, scheme: scheme}
 
 	// The disk is in the last layer that holds one, as later layers
 	// override earlier ones.
@@ -137,31 +138,6 @@ func Open(ctx context.Context, ref name.Reference, o Options) (*Disk, error) {
 		}
 	}
 	return nil, fmt.Errorf("%w: %s has no regular file under disk/ in its %d layers", ErrNoDisk, d.Ref, len(m.Layers))
-}
-
-// checkPlatform fails, listing the platforms the index has, when it has
-// no image for p.
-func checkPlatform(desc *remote.Descriptor, p v1.Platform) error {
-	idx, err := desc.ImageIndex()
-	if err != nil {
-		return err
-	}
-	im, err := idx.IndexManifest()
-	if err != nil {
-		return err
-	}
-	var have []string
-	for _, m := range im.Manifests {
-		if m.Platform == nil {
-			continue
-		}
-		if m.Platform.Satisfies(p) {
-			return nil
-		}
-		have = append(have, m.Platform.String())
-	}
-	slices.Sort(have)
-	return fmt.Errorf("%w %s; the index has %s", ErrPlatform, p.String(), strings.Join(have, ", "))
 }
 
 // find looks for the disk in layer l, and makes it d's when found.
@@ -179,7 +155,7 @@ func (d *Disk) find(ctx context.Context, client *http.Client, l v1.Descriptor, o
 	}
 	// https always: go-containerregistry's Scheme() would say http for
 	// loopback and private addresses.
-	u := fmt.Sprintf("https://%s/v2/%s/blobs/%s", d.Ref.Context().RegistryStr(), d.Ref.Context().RepositoryStr(), l.Digest)
+	u := fmt.Sprintf("%s://%s/v2/%s/blobs/%s", d.scheme, d.Ref.Context().RegistryStr(), d.Ref.Context().RepositoryStr(), l.Digest)
 	display := d.Ref.Context().String() + "@" + l.Digest.String()
 	opts.Immutable = true     // the digest is checked by whoever reads it
 	opts.ProbeSize = 64 << 10 // the tar headers are at the start
@@ -189,38 +165,50 @@ func (d *Disk) find(ctx context.Context, client *http.Client, l v1.Descriptor, o
 	}
 	if obj.Size() >= 0 && obj.Size() != l.Size {
 		resp.Body.Close()
-		return false, fmt.Errorf("layer %s is %d bytes, its descriptor says %d", display, obj.Size(), l.Size)
+		return false, fmt.Errorf("%w: %w: layer %s is %d bytes, its descriptor says %d", ErrCorrupt, ErrDigest, display, obj.Size(), l.Size)
 	}
 	blob := obj.Stream(ctx, resp) // the headers are at the start
 	defer blob.Close()
 
-	// Read the tar headers up to the disk, counting the bytes before it.
-	counted := &countingReader{r: blob}
-	stream := io.Reader(counted)
+	// Read the tar headers up to the disk, counting the bytes before it
+	// and keeping each entry's headers, for the map of a sparse disk.
+	src := &tarSource{r: blob, record: c == detect.None}
+	stream := io.Reader(src)
 	if c != detect.None {
-		dec, err := decompress.NewReader(c, counted)
+		dec, err := decompress.NewReader(c, src)
 		if err != nil {
-			return false, fmt.Errorf("layer %s: %w", display, err)
+			return false, fmt.Errorf("layer %s: %w", display, src.corrupt(err))
 		}
 		defer dec.Close()
 		stream = dec
 	}
 	tr := tar.NewReader(stream)
-	for {
+	for next := int64(0); ; {
+		src.startEntry(next)
 		h, err := tr.Next()
 		if err == io.EOF {
 			return false, nil
 		}
 		if err != nil {
-			return false, fmt.Errorf("layer %s: reading its tar headers: %w", display, err)
+			return false, fmt.Errorf("layer %s: reading its tar headers: %w", display, src.corrupt(err))
 		}
-		if h.Typeflag != tar.TypeReg || !isDisk(h.Name) {
+		var sp *sparseMap
+		if c == detect.None && isSparse(h) {
+			if sp, err = parseSparse(h, src.buf, src.over, next, src.n); err != nil {
+				return false, fmt.Errorf("layer %s: %w", display, err)
+			}
+		}
+		if !isFile(h) || !isDisk(h.Name) {
+			next = nextHeader(h, sp, src.n)
 			continue
 		}
 		d.Layer, d.Path, d.Size, d.Offset = l, path.Clean(h.Name), h.Size, -1
-		d.blob, d.compression = obj, c
+		d.blob, d.compression, d.sparse = obj, c, sp
 		if c == detect.None {
-			d.Offset = counted.n // the tar reader reads headers block by block
+			d.Offset = src.n // the tar reader reads headers block by block
+			if end := d.dataEnd(); end > l.Size {
+				return false, fmt.Errorf("%w: layer %s: %s ends at byte %d, past the layer's %d", ErrCorrupt, display, d.Path, end, l.Size)
+			}
 		}
 		return true, nil
 	}
@@ -233,23 +221,13 @@ func isDisk(name string) bool {
 	return dir == "disk/" && file != ""
 }
 
-type countingReader struct {
-	r io.Reader
-	n int64
-}
-
-func (c *countingReader) Read(p []byte) (int, error) {
-	n, err := c.r.Read(p)
-	c.n += int64(n)
-	return n, err
-}
-
 // Compressed tells whether the disk's layer is compressed.
 func (d *Disk) Compressed() bool { return d.Offset < 0 }
 
 // Reader returns the disk's bytes in order, and checks the layer blob
 // against its descriptor's digest and size: the error that ends the disk
-// is ErrDigest rather than io.EOF when they differ. In an uncompressed
+// is ErrDigest (an ErrCorrupt) rather than io.EOF when they differ, and
+// ErrCorrupt when the layer is no valid tar (or gzip, zstd) stream. In an uncompressed
 // layer it reads the disk's byte range of the blob on its own (in
 // parallel pieces), and the few bytes before and after it for the digest;
 // a compressed layer, or one from a server that does not answer Range
@@ -266,13 +244,13 @@ func (d *Disk) Reader(ctx context.Context) (io.ReadCloser, error) {
 	// A compressed layer, or a server that does not answer Range
 	// requests: the blob is read whole.
 	blob := d.blob.NewReader(ctx, nil)
-	counted := &countingReader{r: io.TeeReader(blob, h)}
-	stream, closeAll := io.Reader(counted), blob.Close
+	src := &tarSource{r: io.TeeReader(blob, h)}
+	stream, closeAll := io.Reader(src), blob.Close
 	if d.compression != detect.None {
-		dec, err := decompress.NewReader(d.compression, counted)
+		dec, err := decompress.NewReader(d.compression, src)
 		if err != nil {
 			blob.Close()
-			return nil, err
+			return nil, src.corrupt(err)
 		}
 		stream, closeAll = dec, func() error { dec.Close(); return blob.Close() }
 	}
@@ -284,17 +262,32 @@ func (d *Disk) Reader(ctx context.Context) (io.ReadCloser, error) {
 			if err == io.EOF {
 				err = fmt.Errorf("%w: %s is no longer in layer %s", ErrNoDisk, d.Path, d.Layer.Digest)
 			}
-			return nil, err
+			return nil, src.corrupt(err)
 		}
-		if hdr.Typeflag == tar.TypeReg && path.Clean(hdr.Name) == d.Path {
-			return &diskReader{r: tr, left: d.Size, close: closeAll, finish: func() error {
-				if _, err := io.Copy(io.Discard, counted); err != nil { // the rest of the blob, for its digest
+		if isFile(hdr) && path.Clean(hdr.Name) == d.Path {
+			return &diskReader{r: corruptReader{tr, src}, left: d.Size, close: closeAll, finish: func() error {
+				if _, err := io.Copy(io.Discard, src); err != nil { // the rest of the blob, for its digest
 					return err
 				}
-				return d.check(h, counted.n)
+				return d.check(h, src.n)
 			}}, nil
 		}
 	}
+}
+
+// corruptReader marks the errors of a tar reader over src that are not
+// src's own with ErrCorrupt.
+type corruptReader struct {
+	r   io.Reader
+	src *tarSource
+}
+
+func (c corruptReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	if err != nil {
+		err = c.src.corrupt(err)
+	}
+	return n, err
 }
 
 // hashHead hashes the bytes of the blob before the disk of an uncompressed
@@ -312,15 +305,21 @@ func (d *Disk) hashHead(ctx context.Context, h hash.Hash) error {
 }
 
 // section reads the disk of an uncompressed layer from disk byte done on,
-// into h, which holds the blob's bytes before it; at the disk's end it
-// hashes the rest of the blob and checks the digest.
+// hashing the blob from where that byte is stored into h, which holds the
+// blob's bytes before it; at the disk's end it hashes the rest of the blob
+// and checks the digest. A sparse disk's data is read as one range and its
+// holes filled in.
 func (d *Disk) section(ctx context.Context, done int64, h hash.Hash) (*diskReader, error) {
-	body, err := d.blob.NewSectionReader(ctx, d.Offset+done, d.Size-done)
+	from, tailAt := d.blobAt(done), d.dataEnd()
+	body, err := d.blob.NewSectionReader(ctx, from, tailAt-from)
 	if err != nil {
 		return nil, err
 	}
-	tailAt := d.Offset + d.Size
-	return &diskReader{r: io.TeeReader(body, h), left: d.Size - done, close: body.Close, finish: func() error {
+	r := io.Reader(io.TeeReader(body, h))
+	if d.sparse != nil {
+		r = &sparseReader{m: d.sparse, r: r, pos: done, i: d.sparse.first(done)}
+	}
+	return &diskReader{r: r, left: d.Size - done, close: body.Close, finish: func() error {
 		tail, err := d.blob.NewSectionReader(ctx, tailAt, d.blob.Size()-tailAt)
 		if err != nil {
 			return err
@@ -333,15 +332,34 @@ func (d *Disk) section(ctx context.Context, done int64, h hash.Hash) (*diskReade
 	}}, nil
 }
 
-// ErrDigest: the layer blob is not what its descriptor says.
+// blobAt is where in the blob of an uncompressed layer disk byte pos (or
+// the first byte of data from there on, when sparse) is.
+func (d *Disk) blobAt(pos int64) int64 {
+	if d.sparse != nil {
+		return d.Offset + d.sparse.physAt(pos)
+	}
+	return d.Offset + pos
+}
+
+// dataEnd is where the disk's bytes in the blob of an uncompressed layer
+// end.
+func (d *Disk) dataEnd() int64 {
+	if d.sparse != nil {
+		return d.Offset + d.sparse.physLen
+	}
+	return d.Offset + d.Size
+}
+
+// ErrDigest: the layer blob is not what its descriptor says (its digest
+// or size). Its errors are ErrCorrupt too.
 var ErrDigest = errors.New("layer blob does not match its digest")
 
 // check compares the blob's sha256 and size with the layer descriptor.
 func (d *Disk) check(h hash.Hash, size int64) error {
 	got := fmt.Sprintf("sha256:%x", h.Sum(nil))
 	if got != d.Layer.Digest.String() || size != d.Layer.Size {
-		return fmt.Errorf("%w: read %d bytes with digest %s, the manifest says %d bytes, %s",
-			ErrDigest, size, got, d.Layer.Size, d.Layer.Digest)
+		return fmt.Errorf("%w: %w: read %d bytes with digest %s, the manifest says %d bytes, %s",
+			ErrCorrupt, ErrDigest, size, got, d.Layer.Size, d.Layer.Digest)
 	}
 	return nil
 }
@@ -387,6 +405,9 @@ func (d *diskReader) Close() error { return d.close() }
 func (d *Disk) ReaderAt(ctx context.Context) io.ReaderAt {
 	if d.Offset < 0 || !d.blob.Ranged() {
 		return nil
+	}
+	if d.sparse != nil {
+		return sparseReaderAt{m: d.sparse, ra: d.blob.ReaderAt(ctx), base: d.Offset}
 	}
 	return io.NewSectionReader(d.blob.ReaderAt(ctx), d.Offset, d.Size)
 }

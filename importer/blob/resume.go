@@ -57,7 +57,7 @@ func (d *Disk) ResumableReader(ctx context.Context, done int64, state []byte) (*
 	h := sha256.New()
 	switch {
 	case state != nil:
-		if err := restoreHash(h, state, d.Offset+done); err != nil {
+		if err := restoreHash(h, state, d.blobAt(done)); err != nil {
 			return nil, err
 		}
 	case done > 0:
