@@ -2,11 +2,12 @@
 # A static diskimporter on an empty base: no shell, no package manager,
 # running as KubeVirt's qemu uid/gid 107.
 FROM golang:1.26 AS build
+ARG VERSION=devel
 WORKDIR /src
 COPY go.mod go.sum ./
 RUN go mod download
 COPY . .
-RUN CGO_ENABLED=0 go build -trimpath -ldflags="-s -w" -o /out/diskimporter ./cmd/diskimporter \
+RUN CGO_ENABLED=0 go build -trimpath -ldflags="-s -w -X main.buildVersion=${VERSION}" -o /out/diskimporter ./cmd/diskimporter \
  && /out/diskimporter version
 
 FROM scratch

@@ -6,15 +6,11 @@ import (
 	"crypto/sha256"
 	"crypto/sha512"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"hash"
 	"io"
 	"strings"
 )
-
-// ErrChecksumMismatch: the source's bytes do not have an expected checksum.
-var ErrChecksumMismatch = errors.New("source checksum mismatch")
 
 // Checksum is an expected digest of the source bytes as downloaded (before
 // any decompression).

@@ -15,9 +15,6 @@ import (
 	"github.com/diskimporter/diskimporter/layer"
 )
 
-// ErrFormatMismatch: the disk is not in the format --format asserted.
-var ErrFormatMismatch = errors.New("disk format differs from the expected one")
-
 // How the disk's size was learned before its bytes, for the result.
 const (
 	SizeFromLength     = "content-length" // the source's length: not compressed
@@ -56,8 +53,10 @@ const headSize = max(detect.HeadSize, qcow2.HeadSize)
 // openDisk turns the source stream rc into the disk stream: it strips the
 // compression, detects and checks the format, and learns the size, spooling
 // the disk to the scratch directory only when no cheaper way tells it. The
-// source bytes pass through sums.
-func openDisk(ctx context.Context, s *settings, src *source, rc io.ReadCloser, prog *tracker, sums *sourceSums) (*disk, error) {
+// source bytes pass through sums. interrupt cancels the context rc reads
+// with: it ends a read of rc in progress when the disk is closed. An empty
+// source is refused: an empty file is no disk.
+func openDisk(ctx context.Context, s *settings, src *source, rc io.ReadCloser, interrupt func(), prog *tracker, sums *sourceSums) (*disk, error) {
 	d := &disk{closers: []func(){func() { rc.Close() }}}
 	ok := false
 	defer func() {
@@ -68,8 +67,13 @@ func openDisk(ctx context.Context, s *settings, src *source, rc io.ReadCloser, p
 
 	buffered := bufio.NewReaderSize(rc, headSize)
 	head, err := peek(buffered, headSize)
-	if err != nil {
+	switch {
+	case ctx.Err() != nil:
+		return nil, fmt.Errorf("import cancelled while reading the first bytes of %s: %w", src.display, context.Cause(ctx))
+	case err != nil:
 		return nil, fmt.Errorf("%w: reading the first bytes of %s: %w", ErrSourceUnavailable, src.display, err)
+	case len(head) == 0:
+		return nil, emptyError(src.display, "")
 	}
 	// A copy: the decompressor starts reading the source on its own
 	// goroutine, and the buffer behind head moves on.
@@ -85,7 +89,7 @@ func openDisk(ctx context.Context, s *settings, src *source, rc io.ReadCloser, p
 	downloaded := sums.reader(buffered)
 	diskStream := io.Reader(downloaded)
 	if d.compression != detect.None {
-		dec, err := newDecompressor(d.compression, downloaded, src.display)
+		dec, err := newDecompressor(d.compression, downloaded, interrupt, src.display)
 		if err != nil {
 			return nil, decodeError(src.display, err)
 		}
@@ -93,6 +97,9 @@ func openDisk(ctx context.Context, s *settings, src *source, rc io.ReadCloser, p
 		buffered := bufio.NewReaderSize(dec, headSize)
 		if head, err = peek(buffered, headSize); err != nil {
 			return nil, err // classified by the decompressor
+		}
+		if len(head) == 0 {
+			return nil, emptyError(src.display, " once decompressed")
 		}
 		if inner := detect.CompressionOf(head); inner != detect.None {
 			return nil, fmt.Errorf("%w: %s is %s inside %s; nested compression is refused, decompress it once first",
@@ -109,8 +116,13 @@ func openDisk(ctx context.Context, s *settings, src *source, rc io.ReadCloser, p
 	if err != nil {
 		return nil, err
 	}
-	if d.size > s.MaxSize {
-		return nil, fmt.Errorf("%w: %s holds %d bytes, more than --max-size %d", ErrTooLarge, src.display, d.size, s.MaxSize)
+	plan, err := planRead(planInput{
+		display: src.display, compression: d.compression, format: d.format,
+		size: d.size, sizeFrom: d.sizeFrom, maxSize: s.MaxSize,
+		convertRaw: s.ConvertRaw, randomAccess: src.readerAt != nil, inOrder: len(s.Checksums) > 0,
+	})
+	if err != nil {
+		return nil, err
 	}
 	if d.format == detect.QCOW2 {
 		fileSize := d.size
@@ -122,39 +134,37 @@ func openDisk(ctx context.Context, s *settings, src *source, rc io.ReadCloser, p
 		}
 	}
 
-	convert := s.ConvertRaw && d.format == detect.QCOW2
-	// A qcow2 is converted by reading it at random: through Range requests
-	// of an uncompressed source when no checksum needs the whole download
-	// read in order, otherwise from a spool.
-	rangeConvert := convert && d.compression == detect.None && src.readerAt != nil && len(s.Checksums) == 0
 	switch {
-	case rangeConvert:
+	case plan.convert == ConvertRandomAccess:
 		sums.skip()
 		rc.Close() // the image is read through Range requests instead
-	case d.sizeFrom == "" || convert:
+	case plan.spool:
 		if err := d.spoolFrom(ctx, s, src, diskStream, prog, sums); err != nil {
 			return nil, err
 		}
 	default:
 		d.r = diskStream
 		d.reopen = func(ctx context.Context) (io.ReadCloser, error) {
+			ctx, interrupt := context.WithCancel(ctx)
 			rc, err := src.open(ctx)
 			if err != nil {
+				interrupt()
 				return nil, err
 			}
 			if d.compression == detect.None {
-				return readCloser{sums.reader(rc), rc}, nil
+				return readCloser{sums.reader(rc), closers{rc, cancelCloser(interrupt)}}, nil
 			}
-			dec, err := newDecompressor(d.compression, sums.reader(rc), src.display)
+			dec, err := newDecompressor(d.compression, sums.reader(rc), interrupt, src.display)
 			if err != nil {
 				rc.Close()
+				interrupt()
 				return nil, err
 			}
-			return readCloser{dec, closers{dec, rc}}, nil
+			return readCloser{dec, closers{dec, rc, cancelCloser(interrupt)}}, nil
 		}
 	}
 
-	if convert {
+	if plan.convert != "" {
 		if err := d.convertRaw(ctx, s, src); err != nil {
 			return nil, err
 		}
@@ -213,7 +223,7 @@ func (d *disk) convertRaw(ctx context.Context, s *settings, src *source) error {
 	}
 	vsize := int64(info.VirtualSize)
 	if vsize > s.MaxSize {
-		return fmt.Errorf("%w: %s has a virtual size of %d bytes, more than --max-size %d", ErrTooLarge, src.display, vsize, s.MaxSize)
+		return fmt.Errorf("%w: %s has a virtual size of %d bytes, more than MaxSize %d", ErrTooLarge, src.display, vsize, s.MaxSize)
 	}
 	d.qcow2, d.format, d.size, d.sizeFrom = info, detect.Raw, vsize, SizeFromQCOW2
 	raw = corruptReaderAt{raw, src.display}
@@ -283,7 +293,7 @@ func peek(r *bufio.Reader, n int) ([]byte, error) {
 func checkFormat(head []byte, want string) (detect.Format, error) {
 	f := detect.FormatOf(head)
 	if want != "" && string(f) != want {
-		return "", fmt.Errorf("%w: --format %s was given, but the disk is %s", ErrFormatMismatch, want, f)
+		return "", fmt.Errorf("%w: Format %s was asked for, but the disk is %s", ErrFormatMismatch, want, f)
 	}
 	switch f {
 	case detect.Raw, detect.ISO, detect.QCOW2:
@@ -321,17 +331,18 @@ func spoolError(src *source, err error) error {
 	return fmt.Errorf("spooling %s: %w", src.display, err)
 }
 
-// newDecompressor returns a decompressor of r that, at the end of the
-// compressed stream, reads r to its end, so that the source's sums see
-// every byte.
 // newDecompressor returns the decompressed stream of r, decoded on a
-// goroutine of its own (see readAhead).
-func newDecompressor(c detect.Compression, r io.Reader, display string) (io.ReadCloser, error) {
+// goroutine of its own (see readAhead), that at the end of the compressed
+// stream reads r to its end, so that the source's sums see every byte.
+// interrupt ends a read of r in progress; Close calls it, then waits for
+// the goroutine.
+func newDecompressor(c detect.Compression, r io.Reader, interrupt func(), display string) (io.ReadCloser, error) {
 	dec, err := decompress.NewReader(c, r)
 	if err != nil {
 		return nil, err
 	}
-	return newReadAhead(&drainAtEOF{ReadCloser: dec, src: r, display: display}, func() { dec.Close() }), nil
+	ra := newReadAhead(&drainAtEOF{ReadCloser: dec, src: r, display: display}, func() { dec.Close() })
+	return ra.interruptWith(interrupt), nil
 }
 
 type drainAtEOF struct {
@@ -364,6 +375,19 @@ func decodeError(display string, err error) error {
 		return fmt.Errorf("%w: %s: %w", ErrUnsupportedFormat, display, err)
 	}
 	return fmt.Errorf("%w: %s: %w", ErrCorruptSource, display, err)
+}
+
+// emptyError refuses an empty source; how tells how that was learned.
+func emptyError(display, how string) error {
+	return fmt.Errorf("%w: %s: the source is empty (0 bytes%s): an empty file is no disk", ErrUnsupportedFormat, display, how)
+}
+
+// cancelCloser calls a context's cancel function as a Close.
+type cancelCloser context.CancelFunc
+
+func (c cancelCloser) Close() error {
+	c()
+	return nil
 }
 
 // closers closes each of its members.

@@ -22,6 +22,7 @@ import (
 
 	"github.com/diskimporter/diskimporter/importer"
 	"github.com/diskimporter/diskimporter/importer/detect"
+	"github.com/diskimporter/diskimporter/importer/reason"
 )
 
 // compressed returns data in the container c. zstd frames carry their
@@ -197,7 +198,7 @@ func TestBadDisks(t *testing.T) {
 		serve  func([]byte) http.HandlerFunc
 		modify func(*importer.Options)
 		want   error
-		reason string
+		reason reason.Reason
 	}{
 		{name: "truncated gzip", body: gz[:len(gz)/2], serve: plainServer, want: importer.ErrCorruptSource, reason: "CorruptSource"},
 		{name: "corrupt xz", body: corruptXZ, serve: plainServer, want: importer.ErrCorruptSource, reason: "CorruptSource"},
@@ -240,7 +241,7 @@ func TestBadDisks(t *testing.T) {
 			if !errors.Is(err, tc.want) {
 				t.Fatalf("Run error %v, want %v", err, tc.want)
 			}
-			if got := importer.Reason(err); got != tc.reason {
+			if got := reason.Of(err); got != tc.reason {
 				t.Errorf("Reason %s, want %s (%v)", got, tc.reason, err)
 			}
 			reg.assertNoTag(t)

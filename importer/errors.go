@@ -14,54 +14,38 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 
-	"github.com/diskimporter/diskimporter/layer"
+	"github.com/diskimporter/diskimporter/importer/blob"
+	"github.com/diskimporter/diskimporter/importer/fetch"
+	"github.com/diskimporter/diskimporter/importer/reason"
 	"github.com/diskimporter/diskimporter/tlsconfig"
 )
 
-// Errors returned by Run, wrapped with the details of the failure. Test
-// them with errors.Is.
+// Errors returned by Run, Inspect and export.Export, wrapped with the
+// details of the failure: the sentinels of package reason, which every
+// stage wraps its failures with, named here for the importer's callers.
+// Test them with errors.Is; reason.Of names their Reason.
 var (
-	// ErrInvalidOptions: an option is missing, malformed or conflicts with
-	// another.
-	ErrInvalidOptions = errors.New("invalid options")
-	// ErrInvalidDestination: the destination is not a REGISTRY/REPO:TAG
-	// reference.
-	ErrInvalidDestination = errors.New("invalid destination")
-	// ErrSourceNotFound: the source does not exist (HTTP 404 or 410, or no
-	// such file).
-	ErrSourceNotFound = errors.New("source not found")
-	// ErrSourceUnauthorized: the source refused access (HTTP 401 or 403, or
-	// file permissions).
-	ErrSourceUnauthorized = errors.New("source refused access")
-	// ErrSourceUnavailable: the source could not be reached or answered
-	// with an unexpected status.
-	ErrSourceUnavailable = errors.New("source unavailable")
-	// ErrSourceChanged: the source answered with another length or
-	// validator when it was read again.
-	ErrSourceChanged = errors.New("source changed while it was imported")
-	// ErrShortSource: the source ended before, or went on past, the size it
-	// announced.
-	ErrShortSource = layer.ErrSizeMismatch
-	// ErrUnsupportedFormat: the source holds a format this version does not
-	// import.
-	ErrUnsupportedFormat = errors.New("unsupported format")
-	// ErrCorruptSource: the compressed stream or the disk image header is
-	// corrupt or truncated.
-	ErrCorruptSource = errors.New("corrupt source")
-	// ErrBackingFile: a qcow2 image names a backing file or an external data
-	// file, which would make its consumer read files of the host.
-	ErrBackingFile = errors.New("disk image refers to another file")
-	// ErrTooLarge: the disk is larger than --max-size or its virtual size
-	// larger than --max-virtual-size.
-	ErrTooLarge = errors.New("disk too large")
-	// ErrRegistryUnauthorized: the registry refused the credentials (HTTP
-	// 401 or 403).
-	ErrRegistryUnauthorized = errors.New("registry refused the credentials")
-	// ErrRegistryTLS: the TLS handshake with the registry failed.
-	ErrRegistryTLS = errors.New("registry TLS handshake failed")
-	// ErrRegistry: the registry could not be reached or failed a request
-	// for another reason than credentials or TLS.
-	ErrRegistry = errors.New("registry request failed")
+	ErrInvalidOptions       = reason.ErrInvalidOptions
+	ErrInvalidDestination   = reason.ErrInvalidDestination
+	ErrSourceNotFound       = reason.ErrSourceNotFound
+	ErrSourceUnauthorized   = reason.ErrSourceUnauthorized
+	ErrSourceUnavailable    = reason.ErrSourceUnavailable
+	ErrSourceChanged        = reason.ErrSourceChanged
+	ErrShortSource          = reason.ErrSourceTruncated
+	ErrUnsupportedFormat    = reason.ErrUnsupportedFormat
+	ErrCorruptSource        = reason.ErrCorruptSource
+	ErrBackingFile          = reason.ErrBackingFile
+	ErrTooLarge             = reason.ErrTooLarge
+	ErrFormatMismatch       = reason.ErrFormatMismatch
+	ErrChecksumMismatch     = reason.ErrChecksumMismatch
+	ErrScratchSpace         = reason.ErrScratchSpace
+	ErrRegistryUnauthorized = reason.ErrRegistryUnauthorized
+	ErrRegistryTLS          = reason.ErrRegistryTLS
+	ErrRegistry             = reason.ErrRegistry
+	// ErrPlainHTTP: a registry speaks plain http, and PlainHTTP (or
+	// SourcePlainHTTP) does not allow it. It comes with ErrRegistry, or
+	// ErrSourceUnavailable for a registry read from.
+	ErrPlainHTTP = errors.New("the registry answers plain http, not https")
 )
 
 // registryError adds to err, a failure of stage against the registry, the
@@ -73,12 +57,15 @@ func registryError(stage, registry string, err error) error {
 	var opErr *net.OpError
 	switch {
 	case errors.As(err, &terr) && (terr.StatusCode == http.StatusUnauthorized || terr.StatusCode == http.StatusForbidden):
-		return fmt.Errorf("%s: %w: registry %s answered %d; check --username/--password or the Docker config for it: %w",
+		return fmt.Errorf("%s: %w: registry %s answered %d; check Username/Password or the Keychain: %w",
 			stage, ErrRegistryUnauthorized, registry, terr.StatusCode, err)
 	case errors.Is(err, tlsconfig.ErrCipherNotPinned):
 		return fmt.Errorf("%s: %w: %w", stage, ErrRegistryTLS, err)
+	case errors.Is(err, http.ErrSchemeMismatch):
+		return fmt.Errorf("%s: %w: %w: registry %s; allow it with PlainHTTP if that is meant: %w",
+			stage, ErrRegistry, ErrPlainHTTP, registry, err)
 	case errors.As(err, &unknownCA), errors.As(err, &verr):
-		return fmt.Errorf("%s: %w: the certificate of registry %s is not trusted; give its CA with --ca-file: %w",
+		return fmt.Errorf("%s: %w: the certificate of registry %s is not trusted; give its CA in RegistryTLS.CAFile: %w",
 			stage, ErrRegistryTLS, registry, err)
 	case errors.As(err, &opErr) && opErr.Op == "remote error" && strings.HasSuffix(opErr.Err.Error(), "handshake failure"):
 		// crypto/tls reports a received alert as an unexported type.
@@ -86,50 +73,6 @@ func registryError(stage, registry string, err error) error {
 			stage, ErrRegistryTLS, registry, err)
 	}
 	return fmt.Errorf("%s: %w: registry %s: %w", stage, ErrRegistry, registry, err)
-}
-
-// reasons maps each error class to the short, machine-readable reason a
-// controller reads from the result.
-var reasons = []struct {
-	err    error
-	reason string
-}{
-	// A cancelled import is reported as such whatever stage noticed it.
-	{context.Canceled, "Cancelled"},
-	{context.DeadlineExceeded, "Timeout"},
-	{ErrInvalidOptions, "InvalidOptions"},
-	{ErrInvalidDestination, "InvalidDestination"},
-	{ErrSourceNotFound, "SourceNotFound"},
-	{ErrSourceUnauthorized, "SourceUnauthorized"},
-	{ErrSourceChanged, "SourceChanged"},
-	{ErrShortSource, "SourceTruncated"},
-	{ErrSourceUnavailable, "SourceUnavailable"},
-	{ErrUnsupportedFormat, "UnsupportedFormat"},
-	{ErrTooLarge, "TooLarge"},
-	{ErrCorruptSource, "CorruptSource"},
-	{ErrBackingFile, "BackingFileRejected"},
-	{ErrFormatMismatch, "FormatMismatch"},
-	{ErrChecksumMismatch, "ChecksumMismatch"},
-	{ErrScratchSpace, "ScratchSpace"},
-	{ErrRegistryUnauthorized, "Unauthorized"},
-	{ErrRegistryTLS, "RegistryTLS"},
-	{ErrRegistry, "RegistryError"},
-}
-
-// Reason returns a short machine-readable reason for an error returned by
-// Run, such as "SourceNotFound" or "Unauthorized"; "RegistryError" for
-// other registry failures and "Failed" for anything else.
-func Reason(err error) string {
-	for _, r := range reasons {
-		if errors.Is(err, r.err) {
-			return r.reason
-		}
-	}
-	var terr *transport.Error
-	if errors.As(err, &terr) {
-		return "RegistryError"
-	}
-	return "Failed"
 }
 
 // retryable reports whether go-containerregistry should retry a failed
@@ -147,4 +90,46 @@ func retryable(err error) bool {
 	}
 	return errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) ||
 		errors.Is(err, syscall.EPIPE) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, net.ErrClosed)
+}
+
+// ClassifySource wraps err, a failure to find or read the source display
+// (an http(s) object, or the disk of an image in a registry), with the
+// sentinel of its class: the one classification of source failures that
+// import, inspect and export share. An error already classified, io.EOF,
+// a cancellation and nil are returned as they are.
+func ClassifySource(display string, err error) error {
+	var terr *transport.Error
+	var se *fetch.StatusError
+	status := 0
+	switch {
+	case errors.As(err, &terr):
+		status = terr.StatusCode
+	case errors.As(err, &se):
+		status = se.Code
+	}
+	var class error
+	switch {
+	case err == nil, err == io.EOF, reason.Of(err) != reason.Failed && reason.Of(err) != reason.RegistryError:
+		return err
+	case errors.Is(err, fetch.ErrChanged):
+		class = ErrSourceChanged
+	case errors.Is(err, blob.ErrDigest), errors.Is(err, blob.ErrCorrupt):
+		class = ErrCorruptSource
+	case status == http.StatusUnauthorized, status == http.StatusForbidden:
+		class = ErrSourceUnauthorized
+	case status == http.StatusNotFound, status == http.StatusGone, errors.Is(err, blob.ErrPlatform):
+		class = ErrSourceNotFound
+	case errors.Is(err, blob.ErrNoDisk), errors.Is(err, blob.ErrLayer):
+		class = ErrUnsupportedFormat
+	case errors.Is(err, io.ErrUnexpectedEOF):
+		class = ErrShortSource
+	case errors.Is(err, http.ErrSchemeMismatch):
+		class = fmt.Errorf("%w: %w", ErrSourceUnavailable, ErrPlainHTTP)
+	default:
+		class = ErrSourceUnavailable
+	}
+	if display == "" || strings.Contains(err.Error(), display) {
+		return fmt.Errorf("%w: %w", class, err)
+	}
+	return fmt.Errorf("%w: %s: %w", class, display, err)
 }

@@ -23,37 +23,54 @@ const AnnotationSourceChecksum = "io.diskimporter.source."
 // the destination tag holds one: an image whose annotations (or, for Docker
 // media types, config labels) record one of the expected checksums, made
 // with the same settings. It returns nil when there is none. The registry
-// is asked before a byte of the source is read.
+// is asked before a byte of the source is read. Nothing it reads is held
+// in memory past maxRegistryBody.
 func existing(ctx context.Context, s *settings, rt http.RoundTripper) (*Result, error) {
+	notSkipping := func(why string, args ...any) (*Result, error) {
+		s.Logger.Info("not skipping: "+why, args...)
+		return nil, nil
+	}
 	desc, err := remote.Get(s.ref, remote.WithContext(ctx), remote.WithTransport(rt), remote.WithAuthFromKeychain(s.Keychain))
 	var terr *transport.Error
 	if errors.As(err, &terr) && terr.StatusCode == http.StatusNotFound {
-		return nil, nil
+		return notSkipping("the destination holds no image", "destination", s.ref.Name())
 	}
 	if err != nil {
-		return nil, registryError("looking for an earlier import (--skip-existing)", s.ref.RegistryStr(), err)
+		return nil, registryError("looking for an earlier import (SkipExisting)", s.ref.RegistryStr(), err)
 	}
 	if desc.MediaType.IsIndex() {
-		return nil, nil // not made by diskimporter
+		return notSkipping("the destination holds an index, which diskimporter does not write")
 	}
 	img, err := desc.Image()
 	if err != nil {
-		return nil, registryError("reading the earlier image (--skip-existing)", s.ref.RegistryStr(), err)
+		return nil, registryError("reading the earlier image (SkipExisting)", s.ref.RegistryStr(), err)
 	}
 	m, err := img.Manifest()
 	if err != nil {
 		return nil, err
 	}
+	// The manifest came through the registry transport, which bounds
+	// every body to maxRegistryBody; the config is refused on its
+	// descriptor's word before a byte of it is read.
+	if m.Config.Size < 0 || m.Config.Size > maxRegistryBody {
+		return notSkipping("the image at the destination is not an earlier import (its config is too large)",
+			"config_size", m.Config.Size, "limit", maxRegistryBody)
+	}
 	cf, err := img.ConfigFile()
 	if err != nil {
-		return nil, registryError("reading the earlier image's config (--skip-existing)", s.ref.RegistryStr(), err)
+		return nil, registryError("reading the earlier image's config (SkipExisting)", s.ref.RegistryStr(), err)
 	}
 	labels := m.Annotations
 	if labels == nil {
 		labels = cf.Config.Labels
 	}
-	if len(m.Layers) != 1 || !sameSettings(s, desc.MediaType, cf.OS, cf.Architecture, cf.Variant, labels) || !anyChecksum(s.Checksums, labels) {
-		return nil, nil
+	switch {
+	case len(m.Layers) != 1:
+		return notSkipping("the image at the destination is not an earlier import (it has more than one layer)", "layers", len(m.Layers))
+	case !anyChecksum(s.Checksums, labels):
+		return notSkipping("the image at the destination records none of the expected checksums of the source")
+	case !sameSettings(s, desc.MediaType, cf.OS, cf.Architecture, cf.Variant, labels):
+		return notSkipping("the image at the destination was made with other settings (media types, platform, disk name or conversion)")
 	}
 	size, _ := strconv.ParseInt(labels[AnnotationSize], 10, 64)
 	return &Result{
@@ -116,4 +133,4 @@ func checksumAnnotations(verified []Checksum) map[string]string {
 
 // errSkipNeedsChecksum: --skip-existing cannot recognise a source without
 // an expected checksum.
-var errSkipNeedsChecksum = fmt.Errorf("%w: skipping an existing import needs an expected checksum of the source (--source-sha256 or --source-checksum) to recognise it without reading it", ErrInvalidOptions)
+var errSkipNeedsChecksum = fmt.Errorf("%w: skipping an existing import needs an expected checksum of the source (Checksums) to recognise it without reading it", ErrInvalidOptions)

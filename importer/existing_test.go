@@ -5,7 +5,9 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/http"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -25,11 +27,14 @@ func TestSkipExisting(t *testing.T) {
 	reg := newTestRegistry(t)
 	src := newTestSource(t, serveBytes(data, `"v1"`))
 
+	var logs strings.Builder
 	run := func(sums []importer.Checksum, modify func(*importer.Options)) *importer.Result {
 		t.Helper()
 		o := baseOptions(reg, src.url)
 		o.DiskSHA256 = false
 		o.SkipExisting, o.Checksums = true, sums
+		logs.Reset()
+		o.Logger = slog.New(slog.NewTextHandler(&logs, nil))
 		if modify != nil {
 			modify(&o)
 		}
@@ -41,6 +46,9 @@ func TestSkipExisting(t *testing.T) {
 	}
 
 	first := run([]importer.Checksum{sha, md}, nil)
+	if !strings.Contains(logs.String(), "not skipping: the destination holds no image") {
+		t.Errorf("first run: no log line says why it did not skip:\n%s", logs.String())
+	}
 	if first.Skipped || src.gets.Load() != 1 {
 		t.Fatalf("first run: skipped %v after %d GETs; want an import", first.Skipped, src.gets.Load())
 	}
@@ -49,16 +57,24 @@ func TestSkipExisting(t *testing.T) {
 		sums   []importer.Checksum
 		modify func(*importer.Options)
 		skip   bool
+		why    string // the log line of a run that does not skip
 	}{
 		{name: "same sha256", sums: []importer.Checksum{sha}, skip: true},
 		{name: "same md5", sums: []importer.Checksum{md}, skip: true},
 		{name: "another md5 and the same sha256", sums: []importer.Checksum{other, sha}, skip: true},
-		{name: "another platform", sums: []importer.Checksum{sha}, modify: func(o *importer.Options) { o.Platform = "linux/arm64" }},
+		{name: "another platform", sums: []importer.Checksum{sha}, modify: func(o *importer.Options) { o.Platform = "linux/arm64" },
+			why: "made with other settings"},
 	} {
 		gets := src.gets.Load()
 		res := run(tc.sums, tc.modify)
 		if res.Skipped != tc.skip {
 			t.Errorf("%s: Skipped = %v, want %v", tc.name, res.Skipped, tc.skip)
+		}
+		if tc.skip && res.MBPerSecond != 0 {
+			t.Errorf("%s: a skipped import reports %v MB/s", tc.name, res.MBPerSecond)
+		}
+		if !tc.skip && strings.Count(logs.String(), "not skipping: ") != 1 || !strings.Contains(logs.String(), tc.why) {
+			t.Errorf("%s: want one log line saying %q:\n%s", tc.name, tc.why, logs.String())
 		}
 		if read := src.gets.Load() - gets; tc.skip && read != 0 {
 			t.Errorf("%s: skipped after %d GETs of the source, want none", tc.name, read)

@@ -23,6 +23,7 @@ import (
 
 	"github.com/diskimporter/diskimporter/importer"
 	"github.com/diskimporter/diskimporter/importer/detect"
+	"github.com/diskimporter/diskimporter/importer/reason"
 	"github.com/diskimporter/diskimporter/layer"
 )
 
@@ -395,7 +396,7 @@ func TestFaults(t *testing.T) {
 		// least one.
 		wantInjected int64
 		wantErr      error
-		wantReason   string
+		wantReason   reason.Reason
 		// wantGets is how many GETs the source must get; 0: not checked.
 		wantGets int64
 		// exactSource: every byte of the source crosses the wire once.
@@ -594,7 +595,7 @@ func TestFaults(t *testing.T) {
 				served := fs.served.Load()
 				if tc.wantErr == nil {
 					if err != nil {
-						t.Fatalf("Run: %v (reason %s)", err, importer.Reason(err))
+						t.Fatalf("Run: %v (reason %s)", err, reason.Of(err))
 					}
 					row.outcome = "ok, image identical"
 					if n := logs.uploadRetries(); n > 0 {
@@ -626,11 +627,11 @@ func TestFaults(t *testing.T) {
 					if !errors.Is(err, tc.wantErr) {
 						t.Errorf("Run error %q is not %q", err, tc.wantErr)
 					}
-					if got := importer.Reason(err); got != tc.wantReason {
+					if got := reason.Of(err); got != tc.wantReason {
 						t.Errorf("Reason(%q) = %q, want %q", err, got, tc.wantReason)
 					}
 					t.Logf("error: %v", err)
-					row.outcome = "failed: " + importer.Reason(err) + ", no tag"
+					row.outcome = "failed: " + string(reason.Of(err)) + ", no tag"
 					row.sourceResent = fmt.Sprintf("n/a (%d served)", served)
 					row.registryResent = fmt.Sprintf("n/a (%d received, not committed)", rf.layerPatchBytes.Load())
 					reg.assertNoTag(t)

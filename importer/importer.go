@@ -58,8 +58,9 @@ type Result struct {
 	// QCOW2 describes a qcow2 source; absent for other formats.
 	QCOW2   *QCOW2Info `json:"qcow2,omitempty"`
 	Seconds float64    `json:"seconds"`
-	// MBPerSecond is Size / Seconds in units of 10^6 bytes.
-	MBPerSecond float64 `json:"mb_per_second"`
+	// MBPerSecond is Size / Seconds in units of 10^6 bytes; absent when
+	// Skipped.
+	MBPerSecond float64 `json:"mb_per_second,omitempty"`
 	// TLSVersion and TLSCipherSuite are those negotiated with the registry
 	// (empty over plain http).
 	TLSVersion     string `json:"tls_version,omitempty"`
@@ -125,6 +126,9 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	}
 	took := time.Since(start).Seconds()
 	res.Seconds = round(took)
+	if res.Skipped {
+		return res, nil // nothing moved: no throughput
+	}
 	res.MBPerSecond = round(float64(res.Size) / took / 1e6)
 	log.Info("imported", "reference", res.Reference, "seconds", res.Seconds, "mb_per_second", res.MBPerSecond)
 	return res, nil
@@ -145,7 +149,10 @@ func run(ctx context.Context, s *settings, log *slog.Logger, prog *tracker) (*Re
 		return nil, err
 	}
 	// Fail on credentials and TLS before a byte of the source moves.
-	if err := remote.CheckPushPermission(s.ref, s.Keychain, rt); err != nil {
+	if err := checkPushPermission(ctx, s.ref, s.Keychain, rt); err != nil {
+		if ctx.Err() != nil {
+			return nil, fmt.Errorf("import cancelled while checking push permission on %s: %w", registry, context.Cause(ctx))
+		}
 		return nil, registryError("checking push permission", registry, err)
 	}
 
@@ -161,13 +168,17 @@ func run(ctx context.Context, s *settings, log *slog.Logger, prog *tracker) (*Re
 		}
 	}
 
-	src, rc, err := openSource(ctx, s)
+	// Cancelling srcCtx ends a read of the source in progress, for a
+	// reader on a goroutine of its own to be joined when the disk closes.
+	srcCtx, interrupt := context.WithCancel(ctx)
+	defer interrupt()
+	src, rc, err := openSource(srcCtx, s)
 	if err != nil {
 		return nil, err
 	}
 	log = log.With("source", src.display)
 	sums := newSourceSums(src, s.Checksums, s.DiskSHA256)
-	d, err := openDisk(ctx, s, src, rc, prog, sums)
+	d, err := openDisk(ctx, s, src, rc, interrupt, prog, sums)
 	if err != nil {
 		return nil, err
 	}
@@ -223,6 +234,9 @@ func run(ctx context.Context, s *settings, log *slog.Logger, prog *tracker) (*Re
 	}
 	if err := pusher.Push(ctx, s.ref, img); err != nil {
 		return nil, registryError("writing the manifest", registry, err)
+	}
+	if err := confirmTag(ctx, s, rt, img); err != nil {
+		return nil, err
 	}
 
 	res, err := result(s, img, l, desc)

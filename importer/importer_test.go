@@ -27,6 +27,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
 	"github.com/diskimporter/diskimporter/importer"
+	"github.com/diskimporter/diskimporter/importer/reason"
 	"github.com/diskimporter/diskimporter/layer"
 	"github.com/diskimporter/diskimporter/tlsconfig"
 )
@@ -268,7 +269,7 @@ func TestRunImports(t *testing.T) {
 			}
 			res, err := importer.Run(testContext(t), o)
 			if err != nil {
-				t.Fatalf("Run: %v (reason %s)", err, importer.Reason(err))
+				t.Fatalf("Run: %v (reason %s)", err, reason.Of(err))
 			}
 
 			if src != nil && src.gets.Load() != tc.want.gets {
@@ -615,7 +616,7 @@ func TestRunFailures(t *testing.T) {
 		opts    func(o *importer.Options, reg *testRegistry)
 
 		wantErr    error
-		wantReason string
+		wantReason reason.Reason
 		// wantMsg are substrings of the error message; "$SOURCE" stands
 		// for the source.
 		wantMsg []string
@@ -738,7 +739,7 @@ func TestRunFailures(t *testing.T) {
 			name: "registry refuses the password", handler: serveDisk(size), regOpts: authRegistry,
 			opts:    func(o *importer.Options, _ *testRegistry) { o.Username, o.Password = user, "wrong-password" },
 			wantErr: importer.ErrRegistryUnauthorized, wantReason: "Unauthorized",
-			wantMsg: []string{"401", "--username"}, notMsg: []string{"wrong-password"},
+			wantMsg: []string{"401", "Username"}, notMsg: []string{"wrong-password"},
 		},
 		{
 			name: "registry refuses anonymous access", handler: serveDisk(size), regOpts: authRegistry,
@@ -749,7 +750,7 @@ func TestRunFailures(t *testing.T) {
 			name: "registry certificate not trusted", handler: serveDisk(size),
 			opts:    func(o *importer.Options, _ *testRegistry) { o.RegistryTLS = tlsconfig.Options{} },
 			wantErr: importer.ErrRegistryTLS, wantReason: "RegistryTLS",
-			wantMsg: []string{"--ca-file", "not trusted"},
+			wantMsg: []string{"RegistryTLS.CAFile", "not trusted"},
 		},
 		{
 			name: "registry offers only ChaCha20", handler: serveDisk(size),
@@ -781,13 +782,13 @@ func TestRunFailures(t *testing.T) {
 			name: "destination empty", handler: serveDisk(size),
 			opts:    func(o *importer.Options, _ *testRegistry) { o.Destination = "" },
 			wantErr: importer.ErrInvalidOptions, wantReason: "InvalidOptions",
-			wantMsg: []string{"destination"},
+			wantMsg: []string{"Destination"},
 		},
 		{
 			name: "password without username", handler: serveDisk(size),
 			opts:    func(o *importer.Options, _ *testRegistry) { o.Password = "lonely-password" },
 			wantErr: importer.ErrInvalidOptions, wantReason: "InvalidOptions",
-			wantMsg: []string{"username"}, notMsg: []string{"lonely-password"},
+			wantMsg: []string{"Username"}, notMsg: []string{"lonely-password"},
 		},
 		{
 			name: "bad platform", handler: serveDisk(size),
@@ -854,7 +855,7 @@ func TestRunFailures(t *testing.T) {
 			if !errors.Is(err, tc.wantErr) {
 				t.Errorf("Run error %q is not %q", err, tc.wantErr)
 			}
-			if got := importer.Reason(err); got != tc.wantReason {
+			if got := reason.Of(err); got != tc.wantReason {
 				t.Errorf("Reason(%q) = %q, want %q", err, got, tc.wantReason)
 			}
 			msg := err.Error()
@@ -922,7 +923,7 @@ func TestRunCancelled(t *testing.T) {
 		// cancel.
 		deadline   bool
 		wantErr    error
-		wantReason string
+		wantReason reason.Reason
 	}{
 		{
 			name: "cancelled while the source sends the body", body: true,
@@ -978,7 +979,7 @@ func TestRunCancelled(t *testing.T) {
 			}
 			reg.assertNoTag(t)
 			reg.assertNoPlainHTTP(t)
-			if got := importer.Reason(err); got != tc.wantReason {
+			if got := reason.Of(err); got != tc.wantReason {
 				t.Errorf("Reason(%q) = %q, want %q", err, got, tc.wantReason)
 			}
 		})

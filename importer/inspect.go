@@ -13,40 +13,20 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/google/go-containerregistry/pkg/authn"
-	"github.com/google/go-containerregistry/pkg/name"
-
-	"github.com/diskimporter/diskimporter/importer/blob"
 	"github.com/diskimporter/diskimporter/importer/decompress"
 	"github.com/diskimporter/diskimporter/importer/detect"
 	"github.com/diskimporter/diskimporter/importer/fetch"
 	"github.com/diskimporter/diskimporter/importer/qcow2"
+	"github.com/diskimporter/diskimporter/importer/reason"
 )
 
 // InspectOptions say where the source Inspect looks at is and how to reach
 // it: the source fields of Options, with the same meaning and defaults.
 type InspectOptions struct {
-	// Source is an http:// or https:// URL, a file:// URL, a local path,
-	// or docker://REGISTRY/REPO:TAG (or @sha256:…). Required.
-	Source string
-	// SourceHeaders are sent with every request for an http(s) source, to
-	// its origin only. Nil: none.
-	SourceHeaders http.Header
-	// SourceUsername and SourcePassword authenticate to a docker://
-	// source. Empty: Keychain is asked.
-	SourceUsername, SourcePassword string
-	// SourceCAFile is a PEM bundle trusted for an https:// or docker://
-	// source besides the system roots. Empty: system roots only.
-	SourceCAFile string
-	// SourceInsecureSkipVerify turns off certificate verification of the
-	// source. False: verify.
-	SourceInsecureSkipVerify bool
-	// Keychain gives a docker:// source its credentials when
-	// SourceUsername is empty. Nil: the Docker config keychain.
-	Keychain authn.Keychain
-	// Platform picks the image of a docker:// index, os/arch[/variant].
-	// Empty: linux/amd64.
-	Platform string
+	// SourceOptions say where the source is and how it is reached. Of
+	// ReadOptions only Retries, StallTimeout, RetryWait and OnRetry are
+	// used: an inspection reads bounded pieces of its own size.
+	SourceOptions
 	// Logger receives retries of the source. Nil: slog.Default().
 	Logger *slog.Logger
 }
@@ -92,9 +72,9 @@ type Info struct {
 	ConvertRaw string `json:"convert_raw,omitempty"`
 	// ImportRefuses is why an import with default settings would fail,
 	// empty when it would go ahead; RefuseReason is the reason an import
-	// would report (Reason), such as BackingFileRejected.
-	ImportRefuses string `json:"import_refuses,omitempty"`
-	RefuseReason  string `json:"refuse_reason,omitempty"`
+	// would report, such as BackingFileRejected.
+	ImportRefuses string        `json:"import_refuses,omitempty"`
+	RefuseReason  reason.Reason `json:"refuse_reason,omitempty"`
 	// RangeRequests tells whether the server answered a Range request; nil
 	// for a file, and for a docker:// disk in a compressed layer.
 	RangeRequests *bool `json:"range_requests,omitempty"`
@@ -188,7 +168,7 @@ func Inspect(ctx context.Context, o InspectOptions) (*Info, error) {
 	}
 	info := in.info
 	if refusal != nil {
-		info.ImportRefuses, info.RefuseReason = refusal.Error(), Reason(refusal)
+		info.ImportRefuses, info.RefuseReason = refusal.Error(), reason.Of(refusal)
 	}
 	info.BytesRead = read.Load()
 	return info, nil
@@ -197,31 +177,18 @@ func Inspect(ctx context.Context, o InspectOptions) (*Info, error) {
 // settings are the Options of an import of the same source, with the
 // defaults and checks of Options.settings that concern the source.
 func (o InspectOptions) settings() (*settings, error) {
-	if o.Source == "" {
-		return nil, fmt.Errorf("%w: no source given", ErrInvalidOptions)
+	s := &settings{Options: Options{SourceOptions: o.SourceOptions, Logger: o.Logger}}
+	// Two connections make the first GET a bounded Range request of the
+	// head (fetch.Open); every later read is a ReadAt of at most
+	// inspectChunk bytes, one bounded request.
+	s.Connections, s.ChunkSize = 2, inspectChunk
+	if s.Retries == 0 {
+		s.Retries = inspectRetries
 	}
-	s := &settings{Options: Options{
-		Source:                   o.Source,
-		SourceHeaders:            o.SourceHeaders,
-		SourceUsername:           o.SourceUsername,
-		SourcePassword:           o.SourcePassword,
-		SourceCAFile:             o.SourceCAFile,
-		SourceInsecureSkipVerify: o.SourceInsecureSkipVerify,
-		Platform:                 o.Platform,
-		Logger:                   o.Logger,
-		// Two connections make the first GET a bounded Range request
-		// of the head (fetch.Open); every later read is a ReadAt of at
-		// most inspectChunk bytes, one bounded request.
-		Connections:  2,
-		ChunkSize:    inspectChunk,
-		Retries:      inspectRetries,
-		StallTimeout: inspectStallTimeout,
-	}}
-	keychain := o.Keychain
-	if keychain == nil {
-		keychain = authn.DefaultKeychain
+	if s.StallTimeout == 0 {
+		s.StallTimeout = inspectStallTimeout
 	}
-	if err := s.checkSource(keychain); err != nil {
+	if err := s.checkSource(2, inspectChunk); err != nil {
 		return nil, err
 	}
 	return s, nil
@@ -242,11 +209,11 @@ type inspected struct {
 func openInspected(ctx context.Context, s *settings, read *atomic.Int64) (*inspected, error) {
 	u, err := url.Parse(s.Source)
 	if err != nil || u.Scheme == "" || len(u.Scheme) == 1 { // "C:" is a path
-		return inspectFile(s.Source, read)
+		return inspectFile(ctx, s.Source, read)
 	}
 	switch u.Scheme {
 	case "file":
-		return inspectFile(u.Path, read)
+		return inspectFile(ctx, u.Path, read)
 	case "http", "https":
 		return inspectHTTP(ctx, s, u, read)
 	case "docker":
@@ -255,8 +222,8 @@ func openInspected(ctx context.Context, s *settings, read *atomic.Int64) (*inspe
 	return nil, fmt.Errorf("%w: source scheme %q: use http://, https://, file://, docker:// or a path", ErrInvalidOptions, u.Scheme)
 }
 
-func inspectFile(path string, read *atomic.Int64) (*inspected, error) {
-	src, f, err := openFile(path)
+func inspectFile(ctx context.Context, path string, read *atomic.Int64) (*inspected, error) {
+	src, f, err := openFileContext(ctx, path)
 	if err != nil {
 		return nil, err
 	}
@@ -279,14 +246,14 @@ func inspectHTTP(ctx context.Context, s *settings, u *url.URL, read *atomic.Int6
 	display := Redact(u.String())
 	obj, resp, err := fetch.Open(ctx, client, u.String(), display, s.SourceHeaders, s.fetchOptions(display))
 	if err != nil {
-		return nil, sourceError(err)
+		return nil, ClassifySource(display, err)
 	}
 	src := &source{display: display, size: obj.Size()}
 	// The first response is the head (206) or the whole object (200):
 	// read on demand, it is closed after the last byte inspect needs.
-	h := &headReader{body: sourceReader{resp.Body}, size: obj.Size()}
+	h := &headReader{body: sourceReader{resp.Body, display}, size: obj.Size()}
 	if obj.Ranged() && obj.Size() > 0 {
-		ra := sourceReaderAt{obj.ReaderAt(ctx)}
+		ra := sourceReaderAt{obj.ReaderAt(ctx), display}
 		src.readerAt = func(context.Context) io.ReaderAt { return ra }
 		h.ra = ra
 	}
@@ -302,23 +269,9 @@ func inspectHTTP(ctx context.Context, s *settings, u *url.URL, read *atomic.Int6
 }
 
 func inspectRegistry(ctx context.Context, s *settings, ref string, read *atomic.Int64) (*inspected, error) {
-	r, err := name.ParseReference(ref)
-	if err != nil {
-		return nil, fmt.Errorf("%w: source docker://%s: %w (want docker://REGISTRY/REPO:TAG or @sha256:…)", ErrInvalidOptions, ref, err)
-	}
-	t, err := sourceTransport(s)
+	d, display, err := openImage(ctx, s, ref, func(t http.RoundTripper) http.RoundTripper { return countingTransport{t, read} })
 	if err != nil {
 		return nil, err
-	}
-	display := "docker://" + r.String()
-	d, err := blob.Open(ctx, r, blob.Options{
-		Keychain:  s.sourceKeychain,
-		Transport: countingTransport{t, read},
-		Platform:  &s.platform,
-		Fetch:     s.fetchOptions(display),
-	})
-	if err != nil {
-		return nil, registrySourceError(display, err)
 	}
 	in := &inspected{
 		src:  &source{display: display, size: d.Size, digest: d.Ref.DigestStr()},
@@ -334,7 +287,7 @@ func inspectRegistry(ctx context.Context, s *settings, ref string, read *atomic.
 		}},
 	}
 	if ra := d.ReaderAt(ctx); ra != nil {
-		ra := sourceReaderAt{ra}
+		ra := sourceReaderAt{ra, display}
 		in.src.readerAt = func(context.Context) io.ReaderAt { return ra }
 		in.head.ra = ra
 		in.info.RangeRequests = new(true)
@@ -348,9 +301,9 @@ func inspectRegistry(ctx context.Context, s *settings, ref string, read *atomic.
 	// closed early.
 	rc, err := d.Reader(ctx)
 	if err != nil {
-		return nil, registrySourceError(display, err)
+		return nil, ClassifySource(display, err)
 	}
-	in.head.body = sourceReader{rc}
+	in.head.body = sourceReader{rc, display}
 	return in, nil
 }
 
@@ -402,14 +355,21 @@ func inspectDisk(ctx context.Context, in *inspected) (refusal error, err error) 
 	if err != nil {
 		return nil, err
 	}
-	if sizeFrom == "" {
+	// As an import with default settings and --convert raw would read it.
+	plan, err := planRead(planInput{
+		display: src.display, compression: c, format: format, size: size, sizeFrom: sizeFrom,
+		maxSize: defaultMaxSize, convertRaw: true, randomAccess: src.readerAt != nil,
+	})
+	if err != nil {
+		refuse(err)
+	}
+	if plan.sizeFrom == "" {
 		size, sizeFrom = -1, SizeFromSpool
 	}
 	info.DiskSize, info.SizeFrom = size, sizeFrom
-	if size > defaultMaxSize {
-		refuse(fmt.Errorf("%w: %s holds %d bytes, more than the default --max-size %d", ErrTooLarge, src.display, size, int64(defaultMaxSize)))
+	if head != nil && len(head) == 0 {
+		refuse(emptyError(src.display, ""))
 	}
-
 	switch format {
 	case detect.Raw, detect.ISO:
 		info.VirtualSize = size
@@ -422,14 +382,10 @@ func inspectDisk(ctx context.Context, in *inspected) (refusal error, err error) 
 		}
 		info.QCOW2 = &QCOW2Info{Version: q.Version, VirtualSize: q.VirtualSize, ClusterSize: q.ClusterSize, CompressionType: q.CompressionType}
 		info.VirtualSize = int64(q.VirtualSize) // Inspect checked it fits
+		info.ConvertRaw = plan.convert
 		if q.VirtualSize > defaultMaxSize {
-			refuse(fmt.Errorf("%w: %s: its virtual size is %d bytes, more than the default --max-virtual-size %d",
+			refuse(fmt.Errorf("%w: %s: its virtual size is %d bytes, more than the default MaxVirtualSize %d",
 				ErrTooLarge, src.display, q.VirtualSize, int64(defaultMaxSize)))
-		}
-		// As openDisk decides between Range reads and a spool.
-		info.ConvertRaw = ConvertSpool
-		if c == detect.None && src.readerAt != nil {
-			info.ConvertRaw = ConvertRandomAccess
 		}
 	}
 	return refusal, nil
@@ -438,8 +394,8 @@ func inspectDisk(ctx context.Context, in *inspected) (refusal error, err error) 
 // refused tells whether err is about the source's content, which an
 // import would refuse, rather than a failure to read it.
 func refused(err error) bool {
-	switch Reason(err) {
-	case "UnsupportedFormat", "CorruptSource", "BackingFileRejected", "TooLarge", "FormatMismatch":
+	switch reason.Of(err) {
+	case reason.UnsupportedFormat, reason.CorruptSource, reason.BackingFileRejected, reason.TooLarge, reason.FormatMismatch:
 		return true
 	}
 	return false

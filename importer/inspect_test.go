@@ -20,6 +20,7 @@ import (
 	"github.com/diskimporter/diskimporter/importer"
 	"github.com/diskimporter/diskimporter/importer/detect"
 	"github.com/diskimporter/diskimporter/importer/qcow2/qcow2test"
+	"github.com/diskimporter/diskimporter/importer/reason"
 )
 
 // countedSource is a test source that records the Range header of each
@@ -66,7 +67,7 @@ func (w countingWriter) Write(p []byte) (int, error) {
 }
 
 func inspectOptions(source string) importer.InspectOptions {
-	return importer.InspectOptions{Source: source, Keychain: anonymousKeychain{}, Logger: slog.New(slog.DiscardHandler)}
+	return importer.InspectOptions{SourceOptions: importer.SourceOptions{Source: source, SourceKeychain: anonymousKeychain{}}, Logger: slog.New(slog.DiscardHandler)}
 }
 
 func qcow2Image(t *testing.T, guest []byte, opts ...qcow2test.Option) []byte {
@@ -265,7 +266,7 @@ func TestInspect(t *testing.T) {
 				DiskSize: int64(len(huge)), SizeFrom: "content-length", VirtualSize: 3 << 40,
 				QCOW2:      &importer.QCOW2Info{Version: 3, VirtualSize: 3 << 40, ClusterSize: 64 << 10, CompressionType: "zlib"},
 				ConvertRaw: "random-access", RefuseReason: "TooLarge", RangeRequests: new(true), ETag: `"v1"`},
-			refuse: "--max-virtual-size",
+			refuse: "MaxVirtualSize",
 		},
 		{
 			name: "vmdk", data: vmdk, serve: rangeServer,
@@ -286,9 +287,11 @@ func TestInspect(t *testing.T) {
 			refuse: "gzip",
 		},
 		{
+			// An import refuses an empty disk: inspect says so.
 			name: "empty", data: []byte{}, serve: rangeServer,
 			want: importer.Info{Kind: "http", Compression: "none", Format: "raw", SizeAsDownloaded: 0,
-				DiskSize: 0, SizeFrom: "content-length", VirtualSize: 0, RangeRequests: new(false), ETag: `"v1"`},
+				DiskSize: 0, SizeFrom: "content-length", VirtualSize: 0, RefuseReason: "UnsupportedFormat", RangeRequests: new(false), ETag: `"v1"`},
+			refuse: "empty",
 		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -303,7 +306,7 @@ func TestInspect(t *testing.T) {
 			}
 			info, err := importer.Inspect(testContext(t), inspectOptions(source))
 			if err != nil {
-				t.Fatalf("Inspect: %v (reason %s)", err, importer.Reason(err))
+				t.Fatalf("Inspect: %v (reason %s)", err, reason.Of(err))
 			}
 			got := *info
 			if got.Source != source {
@@ -348,8 +351,9 @@ func TestInspectErrors(t *testing.T) {
 	notFound := newTestSource(t, status(http.StatusNotFound))
 	forbidden := newTestSource(t, status(http.StatusForbidden))
 	for _, tc := range []struct {
-		name, source, reason string
-		want                 error
+		name, source string
+		reason       reason.Reason
+		want         error
 	}{
 		{"404", notFound.url, "SourceNotFound", importer.ErrSourceNotFound},
 		{"403", forbidden.url, "SourceUnauthorized", importer.ErrSourceUnauthorized},
@@ -363,8 +367,8 @@ func TestInspectErrors(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			info, err := importer.Inspect(testContext(t), inspectOptions(tc.source))
-			if !errors.Is(err, tc.want) || importer.Reason(err) != tc.reason || info != nil {
-				t.Errorf("Inspect = %+v, %v (reason %s); want %v, %s", info, err, importer.Reason(err), tc.want, tc.reason)
+			if !errors.Is(err, tc.want) || reason.Of(err) != tc.reason || info != nil {
+				t.Errorf("Inspect = %+v, %v (reason %s); want %v, %s", info, err, reason.Of(err), tc.want, tc.reason)
 			}
 		})
 	}
@@ -386,7 +390,7 @@ func TestInspectRegistrySource(t *testing.T) {
 		o.SourceCAFile = reg.caFile
 		info, err := importer.Inspect(testContext(t), o)
 		if err != nil {
-			t.Fatalf("%s: %v (reason %s)", source, err, importer.Reason(err))
+			t.Fatalf("%s: %v (reason %s)", source, err, reason.Of(err))
 		}
 		want := importer.Info{Source: source, Kind: "docker", Compression: "none", Format: "qcow2", SizeAsDownloaded: int64(len(img)),
 			DiskSize: int64(len(img)), SizeFrom: "content-length", VirtualSize: int64(len(guest)),

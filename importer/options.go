@@ -1,6 +1,7 @@
 package importer
 
 import (
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
@@ -13,15 +14,115 @@ import (
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
+	"github.com/diskimporter/diskimporter/importer/fetch"
+	"github.com/diskimporter/diskimporter/importer/redact"
 	"github.com/diskimporter/diskimporter/tlsconfig"
 )
 
-// Options configures one import. The zero value of every field but Source
-// and Destination is a usable default, stated on the field.
-type Options struct {
+// ReadOptions say how the bytes of a remote object, an http(s) source or a
+// registry blob, are read: by import, inspect and export alike. Their zero
+// value rule is one for all: 0 is the command's default (DefaultConnections
+// and DefaultChunkSize for an import, export.DefaultConnections and
+// export.DefaultChunkSize for an export, DefaultRetries,
+// DefaultStallTimeout); a negative Retries or StallTimeout means none or
+// never.
+type ReadOptions struct {
+	// Connections is how many Range requests read an object at once, when
+	// the server answers them and the object has a length and an ETag or
+	// Last-Modified (or is content-addressed); 1 reads one stream. Memory
+	// for reassembly is Connections × ChunkSize. 1 to 64; zero: the
+	// command's default.
+	Connections int
+
+	// ChunkSize is the length of each Range request, 64 KiB to 1 GiB.
+	// Zero: the command's default.
+	ChunkSize int64
+
+	// Retries is how many failures in a row (a dropped or stalled
+	// connection, a 5xx, 408 or 429 answer, an answer with the wrong
+	// bytes) reading the object, or uploading to the registry, are retried
+	// before the command fails; a read resumes where it stopped. Zero:
+	// DefaultRetries; negative: none.
+	Retries int
+
+	// StallTimeout drops a response that gives no byte (or no headers)
+	// for this long, and resumes it; a registry connection that takes no
+	// byte this long fails the request. Zero: DefaultStallTimeout;
+	// negative: never.
+	StallTimeout time.Duration
+
+	// RetryWait is the first wait before a retry; it doubles on each
+	// failure in a row, up to 10 s. Zero: 250 ms.
+	RetryWait time.Duration
+
+	// OnRetry, when set, is told of every retry: a read resumed (from
+	// several goroutines at once when the object is read in parallel
+	// pieces) or the layer upload started again. It should return
+	// quickly.
+	OnRetry func(Retry)
+}
+
+// Validate applies the defaults defConnections and defChunkSize, and those
+// of the other fields, to r's zero fields (see ReadOptions), and refuses
+// values out of range with an error wrapping ErrInvalidOptions that names
+// the field.
+func (r *ReadOptions) Validate(defConnections int, defChunkSize int64) error {
+	switch {
+	case r.Connections < 0 || r.Connections > 64:
+		return fmt.Errorf("%w: Connections %d: want 1 to 64", ErrInvalidOptions, r.Connections)
+	case r.Connections == 0:
+		r.Connections = defConnections
+	}
+	switch {
+	case r.ChunkSize < 0 || r.ChunkSize > 0 && r.ChunkSize < MinChunkSize || r.ChunkSize > MaxChunkSize:
+		return fmt.Errorf("%w: ChunkSize %d: want 64 KiB to 1 GiB", ErrInvalidOptions, r.ChunkSize)
+	case r.ChunkSize == 0:
+		r.ChunkSize = defChunkSize
+	}
+	switch {
+	case r.Retries < 0:
+		r.Retries = 0
+	case r.Retries == 0:
+		r.Retries = DefaultRetries
+	}
+	switch {
+	case r.StallTimeout < 0:
+		r.StallTimeout = 0
+	case r.StallTimeout == 0:
+		r.StallTimeout = DefaultStallTimeout
+	}
+	if r.RetryWait < 0 {
+		return fmt.Errorf("%w: RetryWait %s is negative", ErrInvalidOptions, r.RetryWait)
+	}
+	return nil
+}
+
+// FetchOptions are r, validated, as package fetch takes them; retries are
+// logged to logger as about display.
+func (r ReadOptions) FetchOptions(logger *slog.Logger, display string) fetch.Options {
+	return fetch.Options{
+		Connections:  r.Connections,
+		ChunkSize:    r.ChunkSize,
+		Retries:      r.Retries,
+		StallTimeout: r.StallTimeout,
+		RetryWait:    r.RetryWait,
+		OnRetry: func(offset int64, err error) {
+			logger.Warn("source read failed; resuming", "source", display, "offset", offset, "error", err)
+			if r.OnRetry != nil {
+				r.OnRetry(Retry{Stage: RetrySource, Offset: offset, Err: err})
+			}
+		},
+	}
+}
+
+// SourceOptions say where an import's or an inspection's source is and how
+// to reach it. Options and InspectOptions embed them, so that both read a
+// source the same way.
+type SourceOptions struct {
 	// Source is the disk image: an http:// or https:// URL, a file:// URL,
 	// a local path, or docker://REGISTRY/REPO:TAG (or @sha256:…), the disk
-	// of a containerDisk image. Required.
+	// of a containerDisk image. Required. A string with "://" that does
+	// not parse as a URL is refused, never taken for a path.
 	Source string
 
 	// SourceHeaders are sent with every request for an http(s) source (a
@@ -30,46 +131,42 @@ type Options struct {
 	// none.
 	SourceHeaders http.Header
 
-	// SourceUsername and SourcePassword authenticate to a docker:// source.
-	// Empty: Keychain is asked (never the destination's Username).
+	// SourceUsername and SourcePassword authenticate to a docker://
+	// source. Empty: SourceKeychain is asked (never the destination's
+	// Username).
 	SourceUsername, SourcePassword string
 
-	// Destination is the image reference to push to, REGISTRY/REPO:TAG.
-	// Required. A reference without a tag gets "latest"; a digest
-	// reference is refused, since the manifest is made by the import.
-	Destination string
+	// SourceKeychain gives a docker:// source its credentials when
+	// SourceUsername is empty. Nil: for an import, the registry's
+	// Keychain; for an inspection, the Docker config keychain.
+	SourceKeychain authn.Keychain
 
-	// SourceCAFile is a PEM bundle trusted for an https:// source in
-	// addition to the system roots. Empty: system roots only.
+	// SourceCAFile is a PEM bundle trusted for an https:// or docker://
+	// source in addition to the system roots. Empty: system roots only.
 	SourceCAFile string
 
-	// SourceInsecureSkipVerify turns off certificate verification of an
-	// https:// source. False: verify.
+	// SourceInsecureSkipVerify turns off certificate verification of the
+	// source. False: verify.
 	SourceInsecureSkipVerify bool
 
-	// Connections is how many Range requests read an http(s) source at
-	// once, when it answers them and has a length and an ETag or
-	// Last-Modified; 1 reads one stream. Memory for reassembly is
-	// Connections × ChunkSize. Zero: DefaultConnections.
-	Connections int
+	// SourcePlainHTTP allows plain http to a docker:// source's registry.
+	// False: https only, on loopback too.
+	SourcePlainHTTP bool
 
-	// ChunkSize is the length of each Range request. Zero:
-	// DefaultChunkSize.
-	ChunkSize int64
+	// Platform picks the image of a docker:// index, and is the platform
+	// of the image an import writes, os/arch[/variant]. Empty:
+	// linux/amd64.
+	Platform string
 
-	// Retries is how many failures in a row (a dropped or stalled
-	// connection, a 5xx, 408 or 429 answer) reading the source, or
-	// uploading to the registry, are retried before the import fails; a
-	// source read resumes where it stopped. Zero: DefaultRetries;
-	// negative: none.
-	Retries int
+	// ReadOptions say how the source's bytes are read.
+	ReadOptions
+}
 
-	// StallTimeout drops a source response that gives no byte for this
-	// long, and resumes it. Zero: DefaultStallTimeout; negative: never.
-	StallTimeout time.Duration
-
-	// RegistryTLS configures the registry connection, which is always
-	// pinned to AES-GCM. Zero: system roots, TLS 1.2.
+// RegistryOptions say how to reach a registry that a command writes to
+// (import's destination) or reads an image from (export's source).
+type RegistryOptions struct {
+	// RegistryTLS configures the registry connection, which is pinned to
+	// AES-GCM for a push. Zero: system roots, TLS 1.2.
 	RegistryTLS tlsconfig.Options
 
 	// PlainHTTP allows talking to the registry without TLS. False: every
@@ -78,10 +175,9 @@ type Options struct {
 	// plain http.
 	PlainHTTP bool
 
-	// HTTP2 lets the registry connection use HTTP/2 when the registry
-	// offers it. False: HTTP/1.1, which costs 10-20% less CPU per GiB
-	// than HTTP/2 for one long upload (it has no framing or flow
-	// control to pay for), and is faster under a CPU limit.
+	// HTTP2 lets a push use HTTP/2 when the registry offers it. False:
+	// HTTP/1.1, which costs 10-20% less CPU per GiB than HTTP/2 for one
+	// long upload, and is faster under a CPU limit.
 	HTTP2 bool
 
 	// Username and Password authenticate to the registry. Empty: the
@@ -91,6 +187,44 @@ type Options struct {
 	// Keychain resolves registry credentials when Username is empty. Nil:
 	// the Docker config keychain (authn.DefaultKeychain).
 	Keychain authn.Keychain
+}
+
+// Validate applies the defaults of r's zero fields and refuses a password
+// without a user name.
+func (r *RegistryOptions) Validate() error {
+	var err error
+	r.Keychain, err = credentials(r.Username, r.Password, r.Keychain, "")
+	return err
+}
+
+// credentials is the keychain of user and password, or keychain (nil: the
+// Docker config keychain) when user is empty; a password without a user
+// is refused, naming the fields with prefix.
+func credentials(user, password string, keychain authn.Keychain, prefix string) (authn.Keychain, error) {
+	switch {
+	case user != "":
+		return staticKeychain{authn.FromConfig(authn.AuthConfig{Username: user, Password: password})}, nil
+	case password != "":
+		return nil, fmt.Errorf("%w: a %sPassword was given without a %sUsername", ErrInvalidOptions, prefix, prefix)
+	case keychain == nil:
+		return authn.DefaultKeychain, nil
+	}
+	return keychain, nil
+}
+
+// Options configures one import. The zero value of every field but Source
+// and Destination is a usable default, stated on the field.
+type Options struct {
+	// SourceOptions say where the source is and how it is read.
+	SourceOptions
+
+	// Destination is the image reference to push to, REGISTRY/REPO:TAG.
+	// Required. A reference without a tag gets "latest"; a digest
+	// reference is refused, since the manifest is made by the import.
+	Destination string
+
+	// RegistryOptions say how to reach the destination's registry.
+	RegistryOptions
 
 	// DiskName is the file name of the disk inside disk/. Empty: "disk"
 	// with an extension for the detected format (disk.img, disk.iso).
@@ -140,10 +274,6 @@ type Options struct {
 	// ends. Empty: os.TempDir().
 	ScratchDir string
 
-	// Platform is the image platform, os/arch[/variant]. Empty:
-	// linux/amd64.
-	Platform string
-
 	// DockerMediaTypes writes a Docker v2 schema 2 manifest and layer media
 	// type instead of OCI ones. False: OCI.
 	DockerMediaTypes bool
@@ -153,12 +283,6 @@ type Options struct {
 
 	// Logger receives progress and stage logs. Nil: slog.Default().
 	Logger *slog.Logger
-
-	// OnRetry, when set, is told of every retry: a source read resumed
-	// (from several goroutines at once when the source is read in
-	// parallel pieces) or the layer upload started again. It should return
-	// quickly.
-	OnRetry func(Retry)
 
 	// OnProgress, when set, is called with a snapshot every
 	// ProgressInterval and once more at the end, with PhaseDone or
@@ -176,6 +300,12 @@ const (
 	DefaultStallTimeout = 60 * time.Second
 )
 
+// The bounds of ReadOptions.ChunkSize.
+const (
+	MinChunkSize = 64 << 10
+	MaxChunkSize = 1 << 30
+)
+
 // settings are Options after defaults and validation.
 type settings struct {
 	Options
@@ -187,14 +317,21 @@ type settings struct {
 
 func (o Options) settings() (*settings, error) {
 	s := &settings{Options: o}
-	if o.Source == "" {
-		return nil, fmt.Errorf("%w: no source given", ErrInvalidOptions)
-	}
 	if o.Destination == "" {
-		return nil, fmt.Errorf("%w: no destination given", ErrInvalidOptions)
+		return nil, fmt.Errorf("%w: no Destination given", ErrInvalidOptions)
+	}
+	if s.SourceKeychain == nil {
+		// The Keychain given, never the destination's Username.
+		s.SourceKeychain = s.Keychain
+	}
+	if err := s.RegistryOptions.Validate(); err != nil {
+		return nil, err
+	}
+	if err := s.checkSource(DefaultConnections, DefaultChunkSize); err != nil {
+		return nil, err
 	}
 	if strings.Contains(o.Destination, "@") {
-		return nil, fmt.Errorf("%w: destination %q is a digest reference; give REGISTRY/REPO:TAG, the digest is made by the import", ErrInvalidDestination, o.Destination)
+		return nil, fmt.Errorf("%w: Destination %q is a digest reference; give REGISTRY/REPO:TAG, the digest is made by the import", ErrInvalidDestination, redact.Text(o.Destination))
 	}
 	var nameOpts []name.Option
 	if o.PlainHTTP {
@@ -202,60 +339,11 @@ func (o Options) settings() (*settings, error) {
 	}
 	ref, err := name.NewTag(o.Destination, nameOpts...)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %q: %w (want REGISTRY/REPO:TAG, such as registry.example:5000/disks/fedora:41)", ErrInvalidDestination, o.Destination, err)
+		return nil, fmt.Errorf("%w: %q: %w (want REGISTRY/REPO:TAG, such as registry.example:5000/disks/fedora:41)", ErrInvalidDestination, redact.Text(o.Destination), err)
 	}
 	s.ref = ref
-
-	if s.Keychain == nil {
-		s.Keychain = authn.DefaultKeychain
-	}
-	if err := s.checkSource(s.Keychain); err != nil {
+	if err := s.checkImport(); err != nil {
 		return nil, err
-	}
-
-	if s.DiskName != "" && (strings.ContainsAny(s.DiskName, "/\\\x00") || s.DiskName == "." || s.DiskName == "..") {
-		return nil, fmt.Errorf("%w: disk name %q must be a plain file name", ErrInvalidOptions, s.DiskName)
-	}
-	switch s.Format {
-	case "", "raw", "qcow2", "iso":
-	default:
-		return nil, fmt.Errorf("%w: format %q: want raw, qcow2 or iso", ErrInvalidOptions, s.Format)
-	}
-	if s.MaxSize < 0 {
-		return nil, fmt.Errorf("%w: max size %d is negative", ErrInvalidOptions, s.MaxSize)
-	}
-	if s.MaxSize == 0 {
-		s.MaxSize = 2 << 40
-	}
-	if s.MaxVirtualSize == 0 {
-		s.MaxVirtualSize = uint64(s.MaxSize)
-	}
-	if s.SkipExisting && len(s.Checksums) == 0 {
-		return nil, errSkipNeedsChecksum
-	}
-	switch {
-	case s.Connections < 0 || s.Connections > 64:
-		return nil, fmt.Errorf("%w: %d connections: want 1 to 64", ErrInvalidOptions, s.Connections)
-	case s.Connections == 0:
-		s.Connections = DefaultConnections
-	}
-	switch {
-	case s.ChunkSize < 0 || s.ChunkSize > 0 && s.ChunkSize < 64<<10 || s.ChunkSize > 1<<30:
-		return nil, fmt.Errorf("%w: chunk size %d: want 64 KiB to 1 GiB", ErrInvalidOptions, s.ChunkSize)
-	case s.ChunkSize == 0:
-		s.ChunkSize = DefaultChunkSize
-	}
-	switch {
-	case s.Retries < 0:
-		s.Retries = 0
-	case s.Retries == 0:
-		s.Retries = DefaultRetries
-	}
-	switch {
-	case s.StallTimeout < 0:
-		s.StallTimeout = 0
-	case s.StallTimeout == 0:
-		s.StallTimeout = DefaultStallTimeout
 	}
 	if s.ScratchDir == "" {
 		s.ScratchDir = os.TempDir()
@@ -263,40 +351,100 @@ func (o Options) settings() (*settings, error) {
 	if s.ProgressInterval <= 0 {
 		s.ProgressInterval = 5 * time.Second
 	}
-	if s.Username != "" {
-		s.Keychain = staticKeychain{authn.FromConfig(authn.AuthConfig{Username: s.Username, Password: s.Password})}
-	} else if s.Password != "" {
-		return nil, fmt.Errorf("%w: a password was given without a username", ErrInvalidOptions)
-	}
 	return s, nil
 }
 
-// checkSource applies the defaults and checks of the fields that concern
-// the source, shared by an import and an inspection: the platform, the
-// source headers, the logger, and the source's credentials (from
-// SourceUsername, or keychain).
-func (s *settings) checkSource(keychain authn.Keychain) error {
+// checkImport checks the fields that shape the image an import writes.
+func (s *settings) checkImport() error {
+	if s.DiskName != "" && (strings.ContainsAny(s.DiskName, "/\\\x00") || s.DiskName == "." || s.DiskName == "..") {
+		return fmt.Errorf("%w: DiskName %q must be a plain file name", ErrInvalidOptions, s.DiskName)
+	}
+	switch s.Format {
+	case "", "raw", "qcow2", "iso":
+	default:
+		return fmt.Errorf("%w: Format %q: want raw, qcow2 or iso", ErrInvalidOptions, s.Format)
+	}
+	if s.MaxSize < 0 {
+		return fmt.Errorf("%w: MaxSize %d is negative", ErrInvalidOptions, s.MaxSize)
+	}
+	if s.MaxSize == 0 {
+		s.MaxSize = defaultMaxSize
+	}
+	if s.MaxVirtualSize == 0 {
+		s.MaxVirtualSize = uint64(s.MaxSize)
+	}
+	if s.SkipExisting && len(s.Checksums) == 0 {
+		return errSkipNeedsChecksum
+	}
+	return nil
+}
+
+// checkSource applies the defaults and checks of the SourceOptions, shared
+// by an import and an inspection: the source itself, the read options
+// (with the defaults defConnections and defChunkSize), the platform, the
+// source headers, the logger, and the source's credentials.
+func (s *settings) checkSource(defConnections int, defChunkSize int64) error {
+	if err := CheckSource(s.Source); err != nil {
+		return err
+	}
+	if err := s.ReadOptions.Validate(defConnections, defChunkSize); err != nil {
+		return err
+	}
 	if s.Platform == "" {
 		s.Platform = "linux/amd64"
 	}
 	p, err := v1.ParsePlatform(s.Platform)
 	if err != nil || p.OS == "" || p.Architecture == "" {
-		return fmt.Errorf("%w: platform %q: want os/arch[/variant], such as linux/arm64", ErrInvalidOptions, s.Platform)
+		return fmt.Errorf("%w: Platform %q: want os/arch[/variant], such as linux/arm64", ErrInvalidOptions, s.Platform)
 	}
 	s.platform = *p
 	for name := range s.SourceHeaders {
 		if name == "" || strings.ContainsAny(name, " :\r\n") || http.CanonicalHeaderKey(name) == "Host" {
-			return fmt.Errorf("%w: source header name %q", ErrInvalidOptions, name)
+			return fmt.Errorf("%w: SourceHeaders: header name %q", ErrInvalidOptions, name)
 		}
 	}
 	if s.Logger == nil {
 		s.Logger = slog.Default()
 	}
-	s.sourceKeychain = keychain
-	if s.SourceUsername != "" {
-		s.sourceKeychain = staticKeychain{authn.FromConfig(authn.AuthConfig{Username: s.SourceUsername, Password: s.SourcePassword})}
-	} else if s.SourcePassword != "" {
-		return fmt.Errorf("%w: a source password was given without a source username", ErrInvalidOptions)
+	s.sourceKeychain, err = credentials(s.SourceUsername, s.SourcePassword, s.SourceKeychain, "Source")
+	return err
+}
+
+// CheckSource refuses a source that is empty, or that looks like a URL
+// (it has "://") but does not parse as one: it must not be taken for a
+// local path. The error shows the source redacted.
+func CheckSource(source string) error {
+	if source == "" {
+		return fmt.Errorf("%w: no Source given", ErrInvalidOptions)
+	}
+	if !strings.Contains(source, "://") {
+		return nil
+	}
+	u, err := url.Parse(source)
+	if err == nil && u.Scheme == "docker" {
+		return checkDockerSource(u, source)
+	}
+	if err == nil && u.Scheme != "" && (u.Host != "" || u.Scheme == "file") {
+		return nil
+	}
+	why := "it has no host"
+	var uerr *url.Error
+	if errors.As(err, &uerr) {
+		why = uerr.Err.Error() // its text holds the whole URL
+	}
+	return fmt.Errorf("%w: Source %s looks like a URL but does not parse (%s): fix or percent-encode it",
+		ErrInvalidOptions, redact.Text(source), redact.Text(why))
+}
+
+// checkDockerSource refuses a docker:// source with credentials in it or
+// that is no image reference, without echoing it: the error of the
+// reference parser holds the whole reference.
+func checkDockerSource(u *url.URL, source string) error {
+	if u.User != nil {
+		return fmt.Errorf("%w: Source %s holds credentials: give them in SourceUsername and SourcePassword", ErrInvalidOptions, redact.URL(source))
+	}
+	if _, err := name.ParseReference(strings.TrimPrefix(source, "docker://")); err != nil {
+		return fmt.Errorf("%w: Source %s is not an image reference: want docker://REGISTRY/REPO:TAG or docker://REGISTRY/REPO@sha256:<64 hex digits>", ErrInvalidOptions, redact.URL(source))
 	}
 	return nil
 }
@@ -308,17 +456,5 @@ func (k staticKeychain) Resolve(authn.Resource) (authn.Authenticator, error) { r
 
 // Redact returns rawURL without user info and with any query string
 // replaced, so that credentials and presigned signatures never reach a log
-// line, an error or an annotation. A string that is not a URL is returned
-// as is.
-func Redact(rawURL string) string {
-	u, err := url.Parse(rawURL)
-	if err != nil || u.Scheme == "" || u.Host == "" {
-		return rawURL
-	}
-	u.User = nil
-	if u.RawQuery != "" {
-		u.RawQuery = "REDACTED"
-	}
-	u.Fragment = ""
-	return u.String()
-}
+// line, an error or an annotation; it is redact.URL.
+func Redact(rawURL string) string { return redact.URL(rawURL) }

@@ -14,10 +14,14 @@ type readAhead struct {
 	full chan block
 	free chan []byte
 	stop chan struct{}
+	done chan struct{} // closed when the goroutine has ended
 
 	r      io.Reader
 	closeR func()
-	start  sync.Once // the goroutine starts at the first Read, not before
+	// interrupt, when set, ends a Read of r in progress (see
+	// interruptWith).
+	interrupt func()
+	start     sync.Once // the goroutine starts at the first Read, not before
 
 	cur     block
 	off     int
@@ -46,6 +50,7 @@ func newReadAhead(r io.Reader, closeR func()) *readAhead {
 		full: make(chan block, readAheadBuffers),
 		free: make(chan []byte, readAheadBuffers),
 		stop: make(chan struct{}),
+		done: make(chan struct{}),
 		r:    r, closeR: closeR,
 	}
 	for range readAheadBuffers {
@@ -54,7 +59,17 @@ func newReadAhead(r io.Reader, closeR func()) *readAhead {
 	return ra
 }
 
+// interruptWith makes Close call f before it waits for the goroutine: f
+// must make a Read of r in progress return (by cancelling the context the
+// source below r reads with, say) and be safe to call during that Read.
+// Without it, Close waits for the Read in progress to end by itself.
+func (ra *readAhead) interruptWith(f func()) *readAhead {
+	ra.interrupt = f
+	return ra
+}
+
 func (ra *readAhead) fill(r io.Reader, closeR func()) {
+	defer close(ra.done)
 	if closeR != nil {
 		defer closeR()
 	}
@@ -116,14 +131,26 @@ func (ra *readAhead) Read(p []byte) (int, error) {
 	return n, nil
 }
 
-// Close stops the goroutine, at once when it waits for a buffer, or after
-// its read in progress, which closing the source below r unblocks.
+// Close stops the goroutine and returns once it has ended (and closed r):
+// at once when it waits for a buffer, or after its Read in progress, which
+// the interrupt function ends. r is never read after Close returns.
 func (ra *readAhead) Close() error {
-	ra.stopped.Do(func() { close(ra.stop) })
-	ra.start.Do(func() {
-		if ra.closeR != nil {
-			ra.closeR()
+	ra.stopped.Do(func() {
+		close(ra.stop)
+		started := true
+		ra.start.Do(func() {
+			started = false
+			if ra.closeR != nil {
+				ra.closeR()
+			}
+		})
+		if !started {
+			return
 		}
+		if ra.interrupt != nil {
+			ra.interrupt()
+		}
+		<-ra.done
 	})
 	return nil
 }

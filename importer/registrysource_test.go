@@ -17,6 +17,7 @@ import (
 	"github.com/klauspost/compress/gzip"
 
 	"github.com/diskimporter/diskimporter/importer"
+	"github.com/diskimporter/diskimporter/importer/reason"
 )
 
 // TestRegistrySource imports an image the import path made, from its
@@ -44,7 +45,7 @@ func TestRegistrySource(t *testing.T) {
 		o.SourceCAFile, o.ChunkSize = reg.caFile, tc.chunk
 		res, err := importer.Run(testContext(t), o)
 		if err != nil {
-			t.Fatalf("%s: %v (reason %s)", tc.name, err, importer.Reason(err))
+			t.Fatalf("%s: %v (reason %s)", tc.name, err, reason.Of(err))
 		}
 		if res.LayerDigest != first.LayerDigest || res.Size != first.Size || res.DiskSHA256 != first.DiskSHA256 || res.Format != "raw" {
 			t.Errorf("%s: result %+v, want the layer of %+v", tc.name, *res, *first)
@@ -94,7 +95,7 @@ func TestRegistrySourceGzipLayer(t *testing.T) {
 	o.SourceCAFile = reg.caFile
 	res, err := importer.Run(testContext(t), o)
 	if err != nil {
-		t.Fatalf("Run: %v (reason %s)", err, importer.Reason(err))
+		t.Fatalf("Run: %v (reason %s)", err, reason.Of(err))
 	}
 	if want := fmt.Sprintf("sha256:%x", sha256.Sum256(disk)); res.DiskSHA256 != want || res.Size != int64(len(disk)) || res.Format != "raw" {
 		t.Errorf("result %+v, want the %d-byte raw disk %s", *res, len(disk), want)

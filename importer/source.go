@@ -13,9 +13,10 @@ import (
 	"net/url"
 	"os"
 	"strings"
+	"syscall"
 	"time"
+	"unsafe"
 
-	"github.com/diskimporter/diskimporter/importer/blob"
 	"github.com/diskimporter/diskimporter/importer/fetch"
 )
 
@@ -39,11 +40,11 @@ type source struct {
 func openSource(ctx context.Context, o *settings) (*source, io.ReadCloser, error) {
 	u, err := url.Parse(o.Source)
 	if err != nil || u.Scheme == "" || len(u.Scheme) == 1 { // "C:" is a path
-		return openFile(o.Source)
+		return openFileContext(ctx, o.Source)
 	}
 	switch u.Scheme {
 	case "file":
-		return openFile(u.Path)
+		return openFileContext(ctx, u.Path)
 	case "http", "https":
 		return openHTTP(ctx, o, u)
 	case "docker":
@@ -52,23 +53,36 @@ func openSource(ctx context.Context, o *settings) (*source, io.ReadCloser, error
 	return nil, nil, fmt.Errorf("%w: source scheme %q: use http://, https://, file://, docker:// or a path", ErrInvalidOptions, u.Scheme)
 }
 
-func openFile(path string) (*source, io.ReadCloser, error) {
-	f, err := os.Open(path)
+// openFileContext opens the file, block device, FIFO or pipe at path.
+// Seeking tells the size of files and block devices; a pipe has none and
+// is spooled. A character device (/dev/zero, /dev/null, a terminal) is
+// refused: its size reads as 0 whatever it holds.
+func openFileContext(ctx context.Context, path string) (*source, io.ReadCloser, error) {
+	// O_NONBLOCK: opening a FIFO would otherwise wait for a writer,
+	// whatever ctx says. It changes nothing for a file or a block device.
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
 	if err != nil {
-		switch {
-		case errors.Is(err, fs.ErrNotExist):
-			return nil, nil, fmt.Errorf("%w: %w", ErrSourceNotFound, err)
-		case errors.Is(err, fs.ErrPermission):
-			return nil, nil, fmt.Errorf("%w: %w", ErrSourceUnauthorized, err)
-		}
+		return nil, nil, openError(err)
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		f.Close()
 		return nil, nil, fmt.Errorf("%w: %w", ErrSourceUnavailable, err)
 	}
-	if fi, err := f.Stat(); err == nil && fi.IsDir() {
+	switch mode := fi.Mode(); {
+	case mode.IsDir():
 		f.Close()
 		return nil, nil, fmt.Errorf("%w: source %s is a directory; give the disk image file", ErrInvalidOptions, path)
+	case mode&fs.ModeCharDevice != 0:
+		f.Close()
+		return nil, nil, fmt.Errorf("%w: source %s is a character device; give a disk image file, a block device or a pipe", ErrInvalidOptions, path)
+	case mode&fs.ModeNamedPipe != 0:
+		return openPipe(ctx, path, f)
 	}
-	// Seeking tells the size of files and block devices; a pipe has none
-	// and is spooled.
+	if err := blocking(f); err != nil {
+		f.Close()
+		return nil, nil, fmt.Errorf("%w: %w", ErrSourceUnavailable, err)
+	}
 	size, err := f.Seek(0, io.SeekEnd)
 	if err == nil {
 		_, err = f.Seek(0, io.SeekStart)
@@ -97,6 +111,115 @@ func openFile(path string) (*source, io.ReadCloser, error) {
 	return src, f, nil
 }
 
+// blocking clears the O_NONBLOCK f was opened with.
+func blocking(f *os.File) error {
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var serr error
+	if err := rc.Control(func(fd uintptr) { serr = syscall.SetNonblock(int(fd), false) }); err != nil {
+		return err
+	}
+	return serr
+}
+
+// openError classifies a failure to open a local source.
+func openError(err error) error {
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return fmt.Errorf("%w: %w", ErrSourceNotFound, err)
+	case errors.Is(err, fs.ErrPermission):
+		return fmt.Errorf("%w: %w", ErrSourceUnauthorized, err)
+	}
+	return fmt.Errorf("%w: %w", ErrSourceUnavailable, err)
+}
+
+// openPipe makes a source of f, the FIFO (or the pipe, through
+// /proc/self/fd or /dev/stdin) at path opened with O_NONBLOCK, once a
+// writer has sent its first byte or come and gone. It has no size, is read
+// once, and is spooled.
+func openPipe(ctx context.Context, path string, f *os.File) (*source, io.ReadCloser, error) {
+	if err := waitWriter(ctx, f); err != nil {
+		f.Close()
+		if ctx.Err() != nil {
+			return nil, nil, fmt.Errorf("import cancelled while waiting for a writer to open %s: %w", path, context.Cause(ctx))
+		}
+		return nil, nil, fmt.Errorf("%w: waiting for a writer to open %s: %w", ErrSourceUnavailable, path, err)
+	}
+	src := &source{
+		display: path,
+		size:    -1,
+		open: func(context.Context) (io.ReadCloser, error) {
+			return nil, fmt.Errorf("%w: %s is a pipe: it cannot be read a second time", ErrSourceUnavailable, path)
+		},
+	}
+	return src, newPipeReader(ctx, f), nil
+}
+
+// waitWriter waits until the FIFO f, opened with O_NONBLOCK, has a byte
+// to read or had a writer that came and went (its end), or until ctx ends.
+// A blocking open(2) would wait for the writer whatever ctx says, and a
+// read(2) before a writer came would take its absence for the end: the
+// runtime poller waits instead, under a read deadline that ctx moves to
+// the past.
+func waitWriter(ctx context.Context, f *os.File) error {
+	stop := context.AfterFunc(ctx, func() { f.SetReadDeadline(time.Unix(1, 0)) })
+	defer stop()
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return err
+	}
+	// The poller reports only what happens after the wait begins: what
+	// happened before is asked of poll(2) first.
+	return rc.Read(readable)
+}
+
+// readable tells, without waiting, whether a read of the descriptor fd
+// would not block: it holds a byte, or its writer came and went.
+func readable(fd uintptr) bool {
+	pfd := struct {
+		fd             int32
+		events, revent int16
+	}{fd: int32(fd), events: 1} // POLLIN
+	var now syscall.Timespec // a zero timeout: do not wait
+	for {
+		n, _, errno := syscall.Syscall6(syscall.SYS_PPOLL, uintptr(unsafe.Pointer(&pfd)), 1, uintptr(unsafe.Pointer(&now)), 0, 0, 0)
+		if errno != syscall.EINTR {
+			// On another error, a read tells what is wrong.
+			return errno != 0 || n > 0
+		}
+	}
+}
+
+// pipeReader reads a FIFO or a pipe opened with O_NONBLOCK, which puts it
+// in the runtime poller: a cancelled ctx ends a read in progress (a writer that went
+// idle) by moving the read deadline to the past.
+type pipeReader struct {
+	f    *os.File
+	ctx  context.Context
+	stop func() bool
+}
+
+func newPipeReader(ctx context.Context, f *os.File) *pipeReader {
+	return &pipeReader{f: f, ctx: ctx, stop: context.AfterFunc(ctx, func() {
+		f.SetReadDeadline(time.Unix(1, 0))
+	})}
+}
+
+func (r *pipeReader) Read(p []byte) (int, error) {
+	n, err := r.f.Read(p)
+	if err != nil && r.ctx.Err() != nil && errors.Is(err, os.ErrDeadlineExceeded) {
+		err = fmt.Errorf("reading %s: %w", r.f.Name(), context.Cause(r.ctx))
+	}
+	return n, err
+}
+
+func (r *pipeReader) Close() error {
+	r.stop()
+	return r.f.Close()
+}
+
 func openHTTP(ctx context.Context, o *settings, u *url.URL) (*source, io.ReadCloser, error) {
 	client, err := sourceClient(o)
 	if err != nil {
@@ -108,60 +231,45 @@ func openHTTP(ctx context.Context, o *settings, u *url.URL) (*source, io.ReadClo
 	// piece only: a 206 says the rest can be read in parallel pieces.
 	obj, resp, err := fetch.Open(ctx, client, u.String(), display, o.SourceHeaders, opts)
 	if err != nil {
-		return nil, nil, sourceError(err)
+		return nil, nil, ClassifySource(display, err)
 	}
 	src := &source{
 		display: display,
 		size:    obj.Size(),
 		open: func(ctx context.Context) (io.ReadCloser, error) {
-			return sourceReader{obj.NewReader(ctx, nil)}, nil
+			return sourceReader{obj.NewReader(ctx, nil), display}, nil
 		},
 	}
 	if obj.Ranged() && obj.Size() > 0 {
 		src.readerAt = func(ctx context.Context) io.ReaderAt {
-			return sourceReaderAt{obj.ReaderAt(ctx)}
+			return sourceReaderAt{obj.ReaderAt(ctx), display}
 		}
 	}
-	return src, sourceReader{obj.NewReader(ctx, resp)}, nil
+	return src, sourceReader{obj.NewReader(ctx, resp), display}, nil
 }
 
-// sourceError classifies a failure to read an HTTP source.
-func sourceError(err error) error {
-	var se *fetch.StatusError
-	switch {
-	case err == nil, err == io.EOF:
-		return err
-	case errors.Is(err, fetch.ErrChanged):
-		return fmt.Errorf("%w: %w", ErrSourceChanged, err)
-	case errors.Is(err, blob.ErrDigest):
-		return fmt.Errorf("%w: %w", ErrCorruptSource, err)
-	case errors.As(err, &se) && (se.Code == http.StatusNotFound || se.Code == http.StatusGone):
-		return fmt.Errorf("%w: %w", ErrSourceNotFound, err)
-	case errors.As(err, &se) && (se.Code == http.StatusUnauthorized || se.Code == http.StatusForbidden):
-		return fmt.Errorf("%w: %w", ErrSourceUnauthorized, err)
-	case errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
-		return err // classified by the reader of the source
-	}
-	return fmt.Errorf("%w: %w", ErrSourceUnavailable, err)
+// sourceReader classifies the read errors of a source (ClassifySource).
+type sourceReader struct {
+	rc      io.ReadCloser
+	display string
 }
-
-// sourceReader classifies the read errors of an HTTP source.
-type sourceReader struct{ rc io.ReadCloser }
 
 func (r sourceReader) Read(p []byte) (int, error) {
 	n, err := r.rc.Read(p)
-	return n, sourceError(err)
+	return n, ClassifySource(r.display, err)
 }
 
 func (r sourceReader) Close() error { return r.rc.Close() }
 
-// sourceReaderAt classifies the read errors of random access to an HTTP
-// source.
-type sourceReaderAt struct{ ra io.ReaderAt }
+// sourceReaderAt classifies the read errors of random access to a source.
+type sourceReaderAt struct {
+	ra      io.ReaderAt
+	display string
+}
 
 func (r sourceReaderAt) ReadAt(p []byte, off int64) (int, error) {
 	n, err := r.ra.ReadAt(p, off)
-	return n, sourceError(err)
+	return n, ClassifySource(r.display, err)
 }
 
 // sourceClient returns the HTTP client for the source: its own TLS settings

@@ -5,46 +5,15 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"strings"
 	"testing"
 
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 
 	"github.com/diskimporter/diskimporter/importer"
+	"github.com/diskimporter/diskimporter/importer/reason"
 	"github.com/diskimporter/diskimporter/layer"
 	"github.com/diskimporter/diskimporter/tlsconfig"
 )
-
-func TestRedact(t *testing.T) {
-	t.Parallel()
-	for _, tc := range []struct {
-		in, want string
-	}{
-		{"https://example.com/disk.img", "https://example.com/disk.img"},
-		{"http://127.0.0.1:8080/disks/f41.raw", "http://127.0.0.1:8080/disks/f41.raw"},
-		{"https://user:secret@example.com/disk.img", "https://example.com/disk.img"},
-		{"https://user@example.com/disk.img", "https://example.com/disk.img"},
-		{"https://example.com/disk.img?X-Amz-Signature=secret&X-Amz-Expires=60", "https://example.com/disk.img?REDACTED"},
-		{"https://user:secret@example.com:8443/a/b.iso?token=secret", "https://example.com:8443/a/b.iso?REDACTED"},
-		{"https://example.com/disk.img#secret", "https://example.com/disk.img"},
-		{"https://example.com/disk.img?sig=secret#frag", "https://example.com/disk.img?REDACTED"},
-		// Not URLs with a host: returned as they are.
-		{"/var/lib/images/disk.img", "/var/lib/images/disk.img"},
-		{"disk.img", "disk.img"},
-		{"./images/disk with spaces.img", "./images/disk with spaces.img"},
-		{"file:///var/lib/images/disk.img", "file:///var/lib/images/disk.img"},
-		{`C:\images\disk.img`, `C:\images\disk.img`},
-		{"", ""},
-	} {
-		got := importer.Redact(tc.in)
-		if got != tc.want {
-			t.Errorf("Redact(%q) = %q, want %q", tc.in, got, tc.want)
-		}
-		if strings.Contains(got, "secret") {
-			t.Errorf("Redact(%q) = %q still holds a secret", tc.in, got)
-		}
-	}
-}
 
 func TestReason(t *testing.T) {
 	t.Parallel()
@@ -52,7 +21,7 @@ func TestReason(t *testing.T) {
 	for _, tc := range []struct {
 		name string
 		err  error
-		want string
+		want reason.Reason
 	}{
 		{"invalid options", wrap(importer.ErrInvalidOptions), "InvalidOptions"},
 		{"invalid destination", wrap(importer.ErrInvalidDestination), "InvalidDestination"},
@@ -81,7 +50,7 @@ func TestReason(t *testing.T) {
 		{"anything else", errors.New("boom"), "Failed"},
 		{"bare pin error", tlsconfig.ErrCipherNotPinned, "Failed"},
 	} {
-		if got := importer.Reason(tc.err); got != tc.want {
+		if got := reason.Of(tc.err); got != tc.want {
 			t.Errorf("%s: Reason(%q) = %q, want %q", tc.name, tc.err, got, tc.want)
 		}
 	}

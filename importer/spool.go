@@ -9,10 +9,6 @@ import (
 	"syscall"
 )
 
-// ErrScratchSpace: the scratch directory has too little free space for the
-// spooled disk.
-var ErrScratchSpace = errors.New("not enough scratch space")
-
 // spool is a disk written to the scratch directory because its size was not
 // known before its bytes. It is removed by remove, on success and on
 // failure alike.
@@ -39,7 +35,7 @@ func writeSpool(ctx context.Context, dir string, r io.Reader, atLeast, maxSize i
 		return nil, fmt.Errorf("%w: scratch directory %s: %w", ErrInvalidOptions, dir, err)
 	}
 	if atLeast > 0 && free < atLeast {
-		return nil, fmt.Errorf("%w: scratch directory %s has %d bytes free and the disk needs more than %d; give --scratch-dir a larger volume",
+		return nil, fmt.Errorf("%w: scratch directory %s has %d bytes free and the disk needs more than %d; give ScratchDir a larger volume",
 			ErrScratchSpace, dir, free, atLeast)
 	}
 	f, err := os.CreateTemp(dir, "diskimporter-spool-*.img")
@@ -54,7 +50,7 @@ func writeSpool(ctx context.Context, dir string, r io.Reader, atLeast, maxSize i
 	if err != nil {
 		sp.remove()
 		if errors.Is(err, syscall.ENOSPC) {
-			return nil, fmt.Errorf("%w: scratch directory %s filled up after %d bytes; give --scratch-dir a larger volume: %w", ErrScratchSpace, dir, n, err)
+			return nil, fmt.Errorf("%w: scratch directory %s filled up after %d bytes; give ScratchDir a larger volume: %w", ErrScratchSpace, dir, n, err)
 		}
 		return nil, err
 	}
@@ -74,7 +70,7 @@ func copySpool(ctx context.Context, w io.Writer, r io.Reader, maxSize int64) (in
 		m, rerr := r.Read(buf)
 		if m > 0 {
 			if n+int64(m) > maxSize {
-				return n, fmt.Errorf("%w: the decompressed disk passes --max-size (%d bytes)", ErrTooLarge, maxSize)
+				return n, fmt.Errorf("%w: the decompressed disk passes MaxSize (%d bytes)", ErrTooLarge, maxSize)
 			}
 			if _, err := w.Write(buf[:m]); err != nil {
 				return n, err

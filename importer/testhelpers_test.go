@@ -293,12 +293,14 @@ func serveDisk(size int64) http.HandlerFunc {
 // disk's sha256 so that tests can check it.
 func baseOptions(reg *testRegistry, source string) importer.Options {
 	return importer.Options{
-		Source:      source,
-		Destination: reg.destination(),
-		RegistryTLS: tlsconfig.Options{CAFile: reg.caFile},
-		Keychain:    anonymousKeychain{},
-		Logger:      slog.New(slog.DiscardHandler),
-		DiskSHA256:  true,
+		SourceOptions: importer.SourceOptions{Source: source},
+		Destination:   reg.destination(),
+		RegistryOptions: importer.RegistryOptions{
+			RegistryTLS: tlsconfig.Options{CAFile: reg.caFile},
+			Keychain:    anonymousKeychain{},
+		},
+		Logger:     slog.New(slog.DiscardHandler),
+		DiskSHA256: true,
 	}
 }
 

@@ -3,7 +3,9 @@ package importer
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"sync"
@@ -74,10 +76,81 @@ func registryTransport(o *settings, state *tlsState) (http.RoundTripper, error) 
 		ReadBufferSize:        64 << 10,
 		Protocols:             protocols,
 	}
-	if o.PlainHTTP {
-		return retryAfter{t}, nil
+	var rt http.RoundTripper = t
+	if !o.PlainHTTP {
+		rt = httpsOnly{t}
 	}
-	return retryAfter{httpsOnly{t}}, nil
+	return boundedBodies{next: retryAfter{rt}, stall: o.StallTimeout}, nil
+}
+
+// maxRegistryBody bounds every registry response body the import reads: a
+// manifest, an index, an image config, a token or an error. containerd
+// refuses manifests past 4 MiB too; nothing diskimporter reads from its
+// destination comes near that, and a hostile registry could otherwise
+// fill the memory of a Job limited to 256 MiB.
+const maxRegistryBody = 4 << 20
+
+// errStalled ends the request of a stalled body.
+var errStalled = errors.New("registry response stalled")
+
+// errBodyTooLarge: a registry response body passed maxRegistryBody.
+var errBodyTooLarge = fmt.Errorf("response body larger than %d MiB (no manifest, config or token is that large)", maxRegistryBody>>20)
+
+// boundedBodies gives every registry response a body that fails past
+// maxRegistryBody bytes and, when stall is set, when a read gives no byte
+// for stall: a registry that stops sending in the middle of a manifest
+// does not hold the import until --timeout.
+type boundedBodies struct {
+	next  http.RoundTripper
+	stall time.Duration // 0: never
+}
+
+func (b boundedBodies) RoundTrip(req *http.Request) (*http.Response, error) {
+	// Cancelling this context is what interrupts a stalled body read,
+	// over HTTP/1.1 and HTTP/2 alike.
+	ctx, cancel := context.WithCancelCause(req.Context())
+	resp, err := b.next.RoundTrip(req.WithContext(ctx))
+	if err != nil {
+		cancel(nil)
+		return nil, err
+	}
+	resp.Body = &boundedBody{rc: resp.Body, host: req.URL.Host, stall: b.stall, cancel: cancel}
+	return resp, nil
+}
+
+// boundedBody is a response body of boundedBodies.
+type boundedBody struct {
+	rc     io.ReadCloser
+	host   string
+	stall  time.Duration
+	cancel context.CancelCauseFunc
+	read   int
+}
+
+func (b *boundedBody) Read(p []byte) (int, error) {
+	// One byte past the bound tells a body too large from one that fits.
+	p = p[:min(len(p), maxRegistryBody+1-b.read)]
+	var t *time.Timer
+	if b.stall > 0 {
+		t = time.AfterFunc(b.stall, func() { b.cancel(errStalled) })
+	}
+	n, err := b.rc.Read(p)
+	b.read += n
+	switch {
+	case t != nil && !t.Stop():
+		// The timer fired: report the stall, not the cancellation
+		// net/http saw, since the import was not cancelled.
+		return n, fmt.Errorf("registry %s: %w: the response body gave no byte for %s (StallTimeout)", b.host, errStalled, b.stall)
+	case b.read > maxRegistryBody:
+		return n, fmt.Errorf("registry %s: %w", b.host, errBodyTooLarge)
+	}
+	return n, err
+}
+
+func (b *boundedBody) Close() error {
+	err := b.rc.Close()
+	b.cancel(nil)
+	return err
 }
 
 // writeStallConn fails a write that makes no progress for timeout: a
@@ -125,12 +198,18 @@ func (r retryAfter) RoundTrip(req *http.Request) (*http.Response, error) {
 // that would send credentials and the disk in the clear.
 type httpsOnly struct{ next http.RoundTripper }
 
+// errPlainRefused is what httpsOnly answers a plain http request with. Its
+// text suggests nothing: go-containerregistry tries plain http after any
+// https failure (an untrusted certificate, a refused connection), where
+// allowing plain http is not the fix.
+var errPlainRefused = errors.New("plain http not allowed")
+
 func (h httpsOnly) RoundTrip(req *http.Request) (*http.Response, error) {
 	if req.URL.Scheme != "https" {
 		if req.Body != nil {
 			req.Body.Close()
 		}
-		return nil, fmt.Errorf("refusing plain %s to registry %s (use --plain-http to allow it)", req.URL.Scheme, req.URL.Host)
+		return nil, fmt.Errorf("%w: not trying %s to registry %s", errPlainRefused, req.URL.Scheme, req.URL.Host)
 	}
 	return h.next.RoundTrip(req)
 }

@@ -17,7 +17,6 @@ package layer
 import (
 	"archive/tar"
 	"bytes"
-	"errors"
 	"fmt"
 	"io"
 	"path"
@@ -25,6 +24,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/diskimporter/diskimporter/importer/reason"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/stream"
 	"github.com/google/go-containerregistry/pkg/v1/types"
@@ -50,8 +50,9 @@ const (
 var ModTime = time.Unix(0, 0).UTC()
 
 // ErrSizeMismatch is returned by a reader of the layer when the source yields
-// fewer or more bytes than the size the layer was created with.
-var ErrSizeMismatch = errors.New("source size does not match the declared size")
+// fewer or more bytes than the size the layer was created with: the
+// SourceTruncated reason.
+var ErrSizeMismatch = reason.ErrSourceTruncated
 
 // Opener re-opens the disk source from its first byte. It must be safe to
 // call while a reader returned earlier is still open.

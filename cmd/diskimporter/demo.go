@@ -63,9 +63,9 @@ type demoOptions struct {
 func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs := pflag.NewFlagSet("demo", pflag.ContinueOnError)
 	d := demoOptions{size: 64 << 20}
-	fs.Var((*byteSize)(&d.size), "size", "size of the generated disk, such as 1GiB or 1073741824 (the in-memory registry holds it in RAM)")
-	fs.BoolVarP(&d.quiet, "quiet", "q", false, "no progress line and no progress or info log lines")
-	fs.StringVar(&d.metricsAddress, "metrics-address", "", "serve Prometheus metrics at /metrics on this address during the import, such as 127.0.0.1:9090")
+	fs.Var(newSize(&d.size, 1<<20, 64<<30), "size", "size of the generated disk, such as 1GiB or 1073741824 (the in-memory registry holds it in RAM)")
+	addQuietFlag(fs, &d.quiet)
+	addMetricsAddressFlag(fs, &d.metricsAddress)
 	fs.SetOutput(stderr)
 	fs.Usage = func() { fmt.Fprint(stderr, demoUsage+fs.FlagUsages()) }
 	if err := fs.Parse(args); err != nil {
@@ -136,15 +136,19 @@ func demo(ctx context.Context, d demoOptions, stdout, stderr io.Writer) error {
 	fmt.Fprintf(stdout, "registry:  %s (in-memory, TLS, basic auth)\nsource:    %s/disk.img (%d bytes, generated)\n\n", reg.URL, src.URL, size)
 
 	res, err := importer.Run(ctx, importer.Options{
-		Source:           src.URL + "/disk.img",
-		Destination:      dest,
-		Username:         demoUser,
-		Password:         demoPassword,
-		RegistryTLS:      tlsOptions(caFile),
+		SourceOptions: importer.SourceOptions{
+			Source:      src.URL + "/disk.img",
+			ReadOptions: importer.ReadOptions{OnRetry: onRetry},
+		},
+		Destination: dest,
+		RegistryOptions: importer.RegistryOptions{
+			Username:    demoUser,
+			Password:    demoPassword,
+			RegistryTLS: tlsOptions(caFile),
+		},
 		Logger:           logger,
 		ProgressInterval: con.progressInterval(0),
 		OnProgress:       observe,
-		OnRetry:          onRetry,
 	})
 	con.finish()
 	if metrics != nil {

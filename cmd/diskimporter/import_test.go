@@ -54,7 +54,7 @@ func TestPositionalArguments(t *testing.T) {
 		{name: "environment only", env: map[string]string{"DISKIMPORTER_SOURCE": "e.img", "DISKIMPORTER_DESTINATION": "r/e:1"}, src: "e.img", dest: "r/e:1"},
 		{name: "arguments win over the environment", args: []string{"s.img", "r/x:1"},
 			env: map[string]string{"DISKIMPORTER_SOURCE": "e.img", "DISKIMPORTER_DESTINATION": "r/e:1"}, src: "s.img", dest: "r/x:1"},
-		{name: "one argument", args: []string{"s.img"}, err: "unexpected arguments: got 1, want none or SOURCE DESTINATION"},
+		{name: "one argument", args: []string{"s.img"}, err: "missing DESTINATION: got 1 argument(s), want SOURCE DESTINATION"},
 		{name: "three arguments", args: []string{"s.img", "r/x:1", "Bearer-secret"}, err: "unexpected arguments: got 3"},
 		{name: "source twice", args: []string{"s.img", "r/x:1", "--source", "t.img"}, err: "SOURCE given twice, as an argument and as --source"},
 		{name: "destination twice", args: []string{"--destination", "r/y:1", "s.img", "r/x:1"}, err: "DESTINATION given twice"},

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -36,12 +35,14 @@ usage error.
 
 Examples:
   diskimporter inspect https://cloud.example/fedora.qcow2.xz
-  diskimporter inspect --output json docker://registry.example/disks/fedora:41
+  diskimporter inspect --json docker://registry.example/disks/fedora:41
   DISKIMPORTER_SOURCE_HEADER="Authorization: Bearer $TOKEN" \
       diskimporter inspect https://files.example/db.qcow2.xz
 
-Every flag can also be set through the environment variable named after it
-(--source-ca-file is DISKIMPORTER_SOURCE_CA_FILE); a flag on the command line wins.
+A docker:// source is reached with the same --source-* flags as an
+import's. Every flag can also be set through the environment variable named
+after it (--source-ca-file is DISKIMPORTER_SOURCE_CA_FILE); a flag on the
+command line wins.
 
 Flags:
 `
@@ -49,84 +50,88 @@ Flags:
 // inspectCLI are the inspect flags that are not importer.InspectOptions
 // fields.
 type inspectCLI struct {
-	output, logFormat string
-	timeout           time.Duration
-	headers           cliOptions // its sourceHeaders and sourceHeaderFile only
+	commonCLI
+	sourceCLI
+	json bool
 }
 
 func inspectFlags(o *importer.InspectOptions, c *inspectCLI) *pflag.FlagSet {
 	fs := pflag.NewFlagSet("inspect", pflag.ContinueOnError)
 	fs.SortFlags = false
-	fs.StringVarP(&c.output, "output", "o", "text", "text (an aligned summary) or json")
-	fs.StringVar(&o.Source, "source", "", "the source, when not given as the argument")
-	fs.StringArrayVar(&c.headers.sourceHeaders, "source-header", nil,
-		"header 'Name: value' sent with every request to an http(s) source's origin; repeatable; never logged. Prefer DISKIMPORTER_SOURCE_HEADER or --source-header-file")
-	fs.StringVar(&c.headers.sourceHeaderFile, "source-header-file", "", "file of source headers, one 'Name: value' a line; added to --source-header")
-	fs.StringVar(&o.SourceUsername, "source-username", "", "user name for a docker:// source (default: the Docker config keychain)")
-	fs.StringVar(&o.SourcePassword, "source-password", "", "password for a docker:// source; prefer DISKIMPORTER_SOURCE_PASSWORD")
-	fs.StringVar(&o.SourceCAFile, "source-ca-file", "", "PEM CA bundle trusted for an https or docker:// source, besides the system roots")
-	fs.BoolVar(&o.SourceInsecureSkipVerify, "source-insecure-skip-tls-verify", false, "do not verify the source's certificate")
-	fs.StringVar(&o.Platform, "platform", "linux/amd64", "image of a docker:// index to inspect, os/arch[/variant]")
-	fs.DurationVar(&c.timeout, "timeout", time.Minute, "give up after this long; 0: no limit")
-	fs.StringVar(&c.logFormat, "log-format", "auto", "log format: text, json, or auto (text on a terminal, JSON otherwise)")
+	fs.BoolVar(&c.json, "json", false, "print the result as JSON instead of an aligned summary")
+	addSourceFlags(fs, &o.SourceOptions, &c.sourceCLI)
+	addPlatformFlag(fs, &o.Platform, "image of a docker:// index to inspect")
+	addRetryFlags(fs, &o.ReadOptions, 2, 30*time.Second)
+	addCommonFlags(fs, &c.commonCLI, false)
 	return fs
 }
 
 func runInspect(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	var o importer.InspectOptions
 	var c inspectCLI
+	s := newSession("inspect", stdout, stderr)
 	fs := inspectFlags(&o, &c)
 	fs.SetOutput(stderr)
 	fs.Usage = func() { fmt.Fprint(stderr, inspectUsage+fs.FlagUsages()) }
-	usageError := func(err error) int {
-		fmt.Fprintf(stderr, "diskimporter inspect: %v\n", err)
-		return 2
+	fromEnv, code, ok := s.parse(fs, args, nil, "source")
+	if !ok {
+		return code
 	}
-	fromEnv, err := parseFlagsPositional(fs, args, "source")
+	if err := c.check(&o, fromEnv, s); err != nil {
+		return s.usageError(err)
+	}
+	if code, ok := s.start(c.commonCLI, false); !ok {
+		return code
+	}
+	o.Logger = s.logger
+	ctx, cancel := s.withTimeout(ctx)
+	defer cancel()
+	stop, err := s.servePprof()
 	if err != nil {
-		if errors.Is(err, pflag.ErrHelp) {
-			return 0
-		}
-		return usageError(err)
+		return s.fail(err)
 	}
-	if o.Source == "" {
-		return usageError(errors.New("no SOURCE given"))
-	}
-	if c.output != "text" && c.output != "json" {
-		return usageError(fmt.Errorf("--output %q: want text or json", c.output))
-	}
-	if o.SourceHeaders, err = c.headers.headers(fromEnv["source-header"]); err != nil {
-		return usageError(err)
-	}
-	logger, err := newLogger(c.logFormat, stderr)
-	if err != nil {
-		return usageError(err)
-	}
-	o.Logger = logger
-
-	if c.timeout > 0 {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeoutCause(ctx, c.timeout,
-			fmt.Errorf("%w: --timeout %s reached", context.DeadlineExceeded, c.timeout))
-		defer cancel()
-	}
+	defer stop()
 	info, err := importer.Inspect(ctx, o)
 	if err != nil {
-		fmt.Fprintf(stderr, "diskimporter inspect: %s: %v\n", importer.Reason(err), err)
-		return 1
+		return s.fail(err)
 	}
-	if c.output == "json" {
-		enc := json.NewEncoder(stdout)
-		enc.SetIndent("", "  ")
-		err = enc.Encode(info)
-	} else {
-		err = writeInspectText(stdout, info)
+	if c.json {
+		return s.succeed(info, false)
 	}
-	if err != nil {
-		fmt.Fprintf(stderr, "diskimporter inspect: %v\n", err)
-		return 1
+	var b strings.Builder
+	if err := writeInspectText(&b, info); err != nil {
+		return s.fail(err)
 	}
+	fmt.Fprint(stdout, s.red.String(b.String()))
+	s.writeResult(info)
 	return 0
+}
+
+// check moves the inspect flags that need parsing into o, and refuses
+// values the inspection cannot use.
+func (c *inspectCLI) check(o *importer.InspectOptions, fromEnv map[string]bool, s *session) error {
+	if o.Source == "" {
+		return errors.New("missing SOURCE: give it as the argument or --source")
+	}
+	if err := importer.CheckSource(o.Source); err != nil {
+		return err
+	}
+	var err error
+	if o.SourceHeaders, err = c.headers(fromEnv["source-header"]); err != nil {
+		return err
+	}
+	for _, vs := range o.SourceHeaders {
+		for _, v := range vs {
+			s.secret(v)
+		}
+	}
+	s.secret(o.SourcePassword)
+	rs := importer.ReadOptions{Connections: 1, Retries: o.Retries, StallTimeout: o.StallTimeout}
+	if err := checkReadFlags(&rs); err != nil {
+		return err
+	}
+	o.Retries, o.StallTimeout = rs.Retries, rs.StallTimeout
+	return nil
 }
 
 // sizeFromText explains Info.SizeFrom.
@@ -175,7 +180,11 @@ func writeInspectText(w io.Writer, info *importer.Info) error {
 		row("--convert raw", "spools the qcow2 first, sized by its header")
 	}
 	if info.ImportRefuses != "" {
-		row("import", "REFUSED ("+info.RefuseReason+"): "+printable(info.ImportRefuses))
+		refusal := printable(info.ImportRefuses)
+		if h := hint("import", info.RefuseReason); h != "" {
+			refusal += "; " + h
+		}
+		row("import", "REFUSED ("+string(info.RefuseReason)+"): "+refusal)
 	} else {
 		row("import", "would go ahead")
 	}

@@ -4,6 +4,7 @@
 //	diskimporter import SOURCE DESTINATION
 //	diskimporter import --source URL|PATH --destination REGISTRY/REPO:TAG
 //	diskimporter inspect SOURCE
+//	diskimporter export IMAGE PATH|-
 //	diskimporter demo
 //	diskimporter version
 //
@@ -18,6 +19,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"strconv"
 	"strings"
 	"syscall"
 
@@ -36,7 +38,7 @@ const usage = `diskimporter moves a VM disk image into an OCI registry, fast.
 Usage:
   diskimporter import SOURCE DESTINATION [flags]
   diskimporter import --source URL|PATH --destination REGISTRY/REPO:TAG [flags]
-  diskimporter export --source REGISTRY/REPO:TAG --output PATH|- [flags]
+  diskimporter export REGISTRY/REPO:TAG PATH|- [flags]
   diskimporter inspect SOURCE [flags]   what an import would find, without pushing
   diskimporter demo      import a generated disk into an in-process registry
   diskimporter version   print the version
@@ -50,6 +52,7 @@ command's flags and examples.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if len(args) == 0 {
 		fmt.Fprint(stderr, usage)
+		fmt.Fprintln(stderr, "diskimporter: no command given")
 		return 2
 	}
 	switch args[0] {
@@ -61,7 +64,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return runExport(ctx, args[1:], stdout, stderr)
 	case "demo":
 		return runDemo(ctx, args[1:], stdout, stderr)
-	case "version":
+	case "version", "--version":
 		return runVersion(args[1:], stdout, stderr)
 	case "help", "-h", "--help":
 		if len(args) > 1 && args[0] == "help" && !strings.HasPrefix(args[1], "-") {
@@ -70,7 +73,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprint(stdout, usage)
 		return 0
 	}
-	fmt.Fprintf(stderr, "diskimporter: unknown command %q\n\n%s", args[0], usage)
+	fmt.Fprintf(stderr, "diskimporter: unknown command %s; run \"diskimporter help\"\n", escape(strconv.Quote(args[0])))
 	return 2
 }
 
@@ -94,8 +97,7 @@ func runVersion(args []string, stdout, stderr io.Writer) int {
 		if errors.Is(err, pflag.ErrHelp) {
 			return 0
 		}
-		fmt.Fprintf(stderr, "diskimporter version: %v\n", err)
-		return 2
+		return newSession("version", stdout, stderr).usageError(err)
 	}
 	fmt.Fprintln(stdout, version())
 	return 0

@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/diskimporter/diskimporter/importer"
+	"github.com/diskimporter/diskimporter/importer/reason"
 )
 
 // importMetrics are the Prometheus metrics of one import, in a registry of
@@ -148,7 +149,7 @@ func (m *importMetrics) finish(err error) {
 		return
 	}
 	if err != nil {
-		m.result.WithLabelValues("failure", importer.Reason(err)).Set(1)
+		m.result.WithLabelValues("failure", string(reason.Of(err))).Set(1)
 	} else {
 		m.result.WithLabelValues("success", "").Set(1)
 	}

@@ -9,18 +9,35 @@ import (
 	"net/http"
 	"net/http/pprof"
 	"time"
+
+	"github.com/diskimporter/diskimporter/importer/reason"
 )
 
+// servePprof serves pprof on --pprof-address, when set, and returns a
+// function that stops it.
+func (s *session) servePprof() (stop func(), err error) {
+	if s.common.pprofAddress == "" {
+		return func() {}, nil
+	}
+	stop, _, err = servePprof(s.common.pprofAddress, s.logger)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", reason.ErrInvalidOptions, err)
+	}
+	return stop, nil
+}
+
 // servePprof serves net/http/pprof on addr with a mux of its own, never
-// the default mux, and returns a function that stops it.
-func servePprof(addr string, logger *slog.Logger) (stop func(), err error) {
+// the default mux, and returns a function that stops it and the address it
+// listens on. The command line
+// (/debug/pprof/cmdline) is not served: it holds passwords and header
+// values given as flags.
+func servePprof(addr string, logger *slog.Logger) (stop func(), bound string, err error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
-		return nil, fmt.Errorf("--pprof-address %s: %w", addr, err)
+		return nil, "", fmt.Errorf("--pprof-address %s: %w", addr, err)
 	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("/debug/pprof/", pprof.Index)
-	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
 	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
 	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
 	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
@@ -35,5 +52,5 @@ func servePprof(addr string, logger *slog.Logger) (stop func(), err error) {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		defer cancel()
 		srv.Shutdown(ctx)
-	}, nil
+	}, ln.Addr().String(), nil
 }

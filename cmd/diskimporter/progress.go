@@ -16,6 +16,7 @@ import (
 	"golang.org/x/term"
 
 	"github.com/diskimporter/diskimporter/importer"
+	"github.com/diskimporter/diskimporter/importer/redact"
 )
 
 // progressMode is how an import shows its progress on stderr.
@@ -90,6 +91,8 @@ type console struct {
 	stderr io.Writer
 	logOut *switchWriter
 	bar    *barDisplay // progressBar only
+	// red, when set, redacts every log record.
+	red *redact.Redactor
 }
 
 // newConsole returns the console of stderr in mode. barOpts are added to
@@ -119,9 +122,13 @@ func (c *console) newLogger(format string) (*slog.Logger, error) {
 	default:
 		return nil, fmt.Errorf("--log-format %q: want text, json or auto", format)
 	}
-	var h slog.Handler = slog.NewJSONHandler(c.logOut, nil)
+	out := io.Writer(c.logOut)
+	if c.red != nil {
+		out = redactWriter{c.logOut, c.red}
+	}
+	var h slog.Handler = slog.NewJSONHandler(out, nil)
 	if format == "text" {
-		h = slog.NewTextHandler(c.logOut, nil)
+		h = slog.NewTextHandler(out, nil)
 	}
 	f := &logFilter{minLevel: slog.LevelInfo, dropProgress: c.mode != progressLog}
 	if c.mode == progressQuiet {

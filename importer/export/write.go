@@ -3,13 +3,15 @@ package export
 import (
 	"bytes"
 	"context"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash"
 	"io"
 	"log/slog"
 	"os"
-	"path/filepath"
+	"sync/atomic"
 	"time"
 
 	"github.com/diskimporter/diskimporter/importer/blob"
@@ -25,8 +27,9 @@ const (
 	// zeroBlock is the unit of sparseness: an all-zero block of this
 	// size, aligned on it in the file, is not written.
 	zeroBlock = 4 << 10
-	// stateVersion is the version of the state file's format.
-	stateVersion = 1
+	// stateVersion is the version of the state file's format; a state
+	// file of another version is not resumed from.
+	stateVersion = 2
 )
 
 var zeros [zeroBlock]byte
@@ -37,6 +40,10 @@ type exporter struct {
 	d   *blob.Disk
 	res *Result
 	log *slog.Logger
+	// written is how far the disk is written, for OnProgress.
+	written atomic.Int64
+	// failed: the export failed, for the last OnProgress.
+	failed bool
 }
 
 // out is where the disk's bytes go.
@@ -129,6 +136,7 @@ func (e *exporter) pump(ctx context.Context, cancel context.CancelFunc, r io.Rea
 	}()
 
 	written, werr := from, error(nil)
+	e.written.Store(from)
 	last, lastAt, began := time.Now(), from, time.Now()
 	for c := range full {
 		if werr == nil {
@@ -140,9 +148,15 @@ func (e *exporter) pump(ctx context.Context, cancel context.CancelFunc, r io.Rea
 				cancel()
 			} else {
 				written = c.off + int64(len(c.buf))
+				e.written.Store(written)
 			}
 		}
-		free <- c.buf[:cap(c.buf)] // never blocks: it came from there
+		if werr == nil {
+			// Never blocks: it came from there. After a failed
+			// write the buffers are dropped: an abandoned write
+			// (streamOut) may still read one.
+			free <- c.buf[:cap(c.buf)]
+		}
 		if now := time.Now(); now.Sub(last) >= e.s.ProgressInterval {
 			e.progress(written, float64(written-lastAt)/now.Sub(last).Seconds())
 			last, lastAt = now, written
@@ -177,38 +191,63 @@ func (e *exporter) progress(done int64, rate float64) {
 	if e.d.Size > 0 {
 		pct = float64(done) * 100 / float64(e.d.Size)
 	}
-	e.log.Info("exporting", "bytes", done, "total", e.d.Size, "percent", int(pct), "mb_per_second", rate/1e6)
+	e.log.Info("progress", "phase", "exporting", "bytes", done, "total", e.d.Size, "percent", int(pct), "mb_per_second", rate/1e6)
 }
 
-// streamOut writes every byte, in order, to w.
+// streamOut writes every byte, in order, to w. A write stops when ctx
+// ends, even one that blocks (a pipe nobody reads): through a write
+// deadline when w is an *os.File that takes one (a pipe, a FIFO), else by
+// leaving the write to a goroutine, which keeps the buffer (pump drops it).
 type streamOut struct {
-	w    io.Writer
-	what string
+	ctx      context.Context
+	w        io.Writer
+	what     string
+	deadline bool // ctx's end sets a past write deadline on w
+}
+
+// newStreamOut returns a streamOut and the function that releases it.
+func newStreamOut(ctx context.Context, w io.Writer, what string) (*streamOut, func() bool) {
+	s := &streamOut{ctx: ctx, w: w, what: what}
+	if f, ok := w.(*os.File); ok && f.SetWriteDeadline(time.Time{}) == nil {
+		s.deadline = true
+		return s, context.AfterFunc(ctx, func() { f.SetWriteDeadline(time.Unix(1, 0)) })
+	}
+	return s, func() bool { return true }
 }
 
 func (s *streamOut) write(b []byte, _ int64) error {
-	if _, err := s.w.Write(b); err != nil {
-		return fmt.Errorf("%w: %s: %w", ErrOutput, s.what, err)
+	var err error
+	if s.deadline {
+		_, err = s.w.Write(b)
+	} else {
+		err = s.writeAsync(b)
 	}
-	return nil
+	switch {
+	case err == nil:
+		return nil
+	case s.ctx.Err() != nil:
+		return fmt.Errorf("writing to %s: %w", s.what, context.Cause(s.ctx))
+	}
+	return fmt.Errorf("%w: %s: %w", ErrOutput, s.what, err)
+}
+
+// writeAsync writes b on a goroutine of its own, and returns when it has
+// or when ctx ends, leaving the write (and b) to it.
+func (s *streamOut) writeAsync(b []byte) error {
+	done := make(chan error, 1)
+	go func() {
+		_, err := s.w.Write(b)
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		return err
+	case <-s.ctx.Done():
+		return s.ctx.Err()
+	}
 }
 
 func (s *streamOut) checkpoint(int64, []byte) error { return nil }
-
-// resumeState is the state file of a partial output: how much of it is
-// on disk, and the layer blob's sha256 state at that point.
-type resumeState struct {
-	Version        int    `json:"version"`
-	LayerDigest    string `json:"layer_digest"`
-	ManifestDigest string `json:"manifest_digest"`
-	DiskPath       string `json:"disk_path"`
-	Size           int64  `json:"size"`
-	Sparse         bool   `json:"sparse"`
-	// Done is how many bytes of the disk are in the partial file, synced.
-	Done int64 `json:"done"`
-	// SHA256State is the blob's sha256 state after them (base64).
-	SHA256State []byte `json:"sha256_state"`
-}
 
 // fileOut writes a partial output file at the disk's offsets.
 type fileOut struct {
@@ -217,10 +256,18 @@ type fileOut struct {
 	statePath string
 	dense     bool
 	length    int64 // of the file
-	template  resumeState
+	// disk hashes the disk's bytes written so far, for the state file,
+	// when there are checkpoints; hashed counts them.
+	disk     hash.Hash
+	hashed   int64
+	template resumeState
 }
 
 func (o *fileOut) write(b []byte, off int64) error {
+	if o.disk != nil {
+		o.disk.Write(b)
+		o.hashed += int64(len(b))
+	}
 	if o.dense {
 		return o.writeAt(b, off)
 	}
@@ -257,6 +304,9 @@ func (o *fileOut) writeAt(b []byte, off int64) error {
 }
 
 func (o *fileOut) checkpoint(done int64, state []byte) error {
+	if o.disk == nil || o.hashed != done {
+		return fmt.Errorf("checkpoint at byte %d of the disk, whose bytes are hashed up to %d", done, o.hashed)
+	}
 	if o.length < done {
 		// Trailing zeros were skipped: the file must still be done
 		// bytes long for a rerun to trust it.
@@ -269,7 +319,8 @@ func (o *fileOut) checkpoint(done int64, state []byte) error {
 		return fmt.Errorf("%w: syncing %s: %w", ErrOutput, o.path, err)
 	}
 	st := o.template
-	st.Done, st.SHA256State = done, state
+	st.Done, st.SHA256State, st.DiskSHA256 = done, state, hex.EncodeToString(o.disk.Sum(nil))
+	st.Check = st.checksum()
 	b, err := json.Marshal(st)
 	if err != nil {
 		return err
@@ -278,198 +329,4 @@ func (o *fileOut) checkpoint(done int64, state []byte) error {
 		return fmt.Errorf("%w: %w", ErrOutput, err)
 	}
 	return nil
-}
-
-// writeFileAtomic replaces path with b: written to a temporary file,
-// synced, renamed over it.
-func writeFileAtomic(path string, b []byte) error {
-	tmp := path + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
-	if err != nil {
-		return err
-	}
-	_, err = f.Write(b)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, path)
-	}
-	if err != nil {
-		os.Remove(tmp)
-	}
-	return err
-}
-
-// loadState returns the state of a partial output that this export can go
-// on from, or why not.
-func (e *exporter) loadState(partial, statePath string) (*resumeState, error) {
-	b, err := os.ReadFile(statePath)
-	if err != nil {
-		return nil, err
-	}
-	var st resumeState
-	if err := json.Unmarshal(b, &st); err != nil {
-		return nil, fmt.Errorf("state file %s: %w", statePath, err)
-	}
-	switch {
-	case st.Version != stateVersion:
-		return nil, fmt.Errorf("state file version %d, want %d", st.Version, stateVersion)
-	case st.LayerDigest != e.d.Layer.Digest.String() || st.DiskPath != e.d.Path || st.Size != e.d.Size:
-		return nil, fmt.Errorf("it is of another disk: %s %s (%d bytes), this one is %s %s (%d bytes)",
-			st.LayerDigest, st.DiskPath, st.Size, e.d.Layer.Digest, e.d.Path, e.d.Size)
-	case st.Done < 0 || st.Done > st.Size:
-		return nil, fmt.Errorf("it says %d bytes of %d are done", st.Done, st.Size)
-	}
-	fi, err := os.Stat(partial)
-	if err != nil {
-		return nil, err
-	}
-	if !fi.Mode().IsRegular() || fi.Size() < st.Done {
-		return nil, fmt.Errorf("%s is %d bytes, shorter than the %d the state file says are done", partial, fi.Size(), st.Done)
-	}
-	return &st, nil
-}
-
-// toFile writes the disk to Output + ".partial", resuming it when a
-// previous export of the same disk left it with its state file, checks the
-// digest, and renames it to Output.
-func (e *exporter) toFile(ctx context.Context) error {
-	path := e.s.Output
-	partial, statePath := path+".partial", path+".partial.state"
-	d := e.d
-
-	var st *resumeState
-	var state []byte
-	if d.CanResume() {
-		var err error
-		st, err = e.loadState(partial, statePath)
-		switch {
-		case err == nil:
-			state = st.SHA256State
-		case errors.Is(err, os.ErrNotExist):
-		default:
-			e.log.Warn("not resuming the partial output; starting over", "partial", partial, "reason", err)
-		}
-	} else {
-		e.log.Info("the layer is compressed, or the registry does not answer Range requests: an interrupted export will start over", "layer", d.Layer.Digest)
-	}
-
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	var r io.ReadCloser
-	var hs hashState
-	done := int64(0)
-	if st != nil {
-		rr, err := d.ResumableReader(ctx, st.Done, state)
-		if err != nil {
-			if !errors.Is(err, blob.ErrHashState) {
-				return sourceError(e.s.display, err)
-			}
-			e.log.Warn("not resuming the partial output; starting over", "partial", partial, "reason", err)
-			st = nil
-		} else {
-			r, hs, done = rr, rr, st.Done
-		}
-	}
-	if st == nil {
-		// The state goes first: it must never describe a file that
-		// is being started over.
-		if err := os.Remove(statePath); err != nil && !errors.Is(err, os.ErrNotExist) {
-			return fmt.Errorf("%w: %w", ErrOutput, err)
-		}
-		if d.CanResume() {
-			rr, err := d.ResumableReader(ctx, 0, nil)
-			if err != nil {
-				return sourceError(e.s.display, err)
-			}
-			r, hs = rr, rr
-		} else {
-			rc, err := d.Reader(ctx)
-			if err != nil {
-				return sourceError(e.s.display, err)
-			}
-			r = rc
-		}
-	}
-	defer r.Close()
-
-	flags := os.O_RDWR | os.O_CREATE
-	if done == 0 {
-		flags |= os.O_TRUNC
-	}
-	f, err := os.OpenFile(partial, flags, 0o644)
-	if err != nil {
-		return fmt.Errorf("%w: %w", ErrOutput, err)
-	}
-	closed := false
-	defer func() {
-		if !closed {
-			f.Close()
-		}
-	}()
-	if done > 0 {
-		// Bytes past the checkpoint were written, or not, by the run
-		// that stopped: drop them, so that a skipped zero block reads
-		// as zeros.
-		if err := f.Truncate(done); err != nil {
-			return fmt.Errorf("%w: %w", ErrOutput, err)
-		}
-		e.res.ResumedFrom = done
-		e.log.Info("resuming the partial output", "partial", partial, "done", done, "size", d.Size)
-	}
-	o := &fileOut{f: f, path: partial, statePath: statePath, dense: e.s.Dense, length: done, template: resumeState{
-		Version:        stateVersion,
-		LayerDigest:    d.Layer.Digest.String(),
-		ManifestDigest: d.Ref.DigestStr(),
-		DiskPath:       d.Path,
-		Size:           d.Size,
-		Sparse:         !e.s.Dense,
-	}}
-	if _, err := e.pump(ctx, cancel, r, hs, done, o); err != nil {
-		if errors.Is(err, blob.ErrDigest) {
-			f.Close()
-			closed = true
-			os.Remove(statePath)
-			os.Remove(partial)
-		}
-		return err
-	}
-
-	// Verified: make it the output.
-	if o.length != d.Size {
-		if err := f.Truncate(d.Size); err != nil {
-			return fmt.Errorf("%w: %w", ErrOutput, err)
-		}
-	}
-	err = f.Sync()
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	closed = true
-	if err != nil {
-		return fmt.Errorf("%w: %s: %w", ErrOutput, partial, err)
-	}
-	if err := os.Rename(partial, path); err != nil {
-		return fmt.Errorf("%w: %w", ErrOutput, err)
-	}
-	if err := os.Remove(statePath); err != nil && !errors.Is(err, os.ErrNotExist) {
-		e.log.Warn("removing the state file", "path", statePath, "error", err)
-	}
-	syncDir(filepath.Dir(path))
-	if n, ok := allocated(path); ok {
-		e.res.AllocatedBytes = &n
-	}
-	return nil
-}
-
-// syncDir makes a rename in dir durable, as far as the system allows.
-func syncDir(dir string) {
-	if f, err := os.Open(dir); err == nil {
-		f.Sync()
-		f.Close()
-	}
 }
