@@ -153,8 +153,8 @@ func (d *Disk) find(ctx context.Context, client *http.Client, l v1.Descriptor, o
 	default:
 		return false, fmt.Errorf("%w: layer %s has media type %s", ErrLayer, l.Digest, l.MediaType)
 	}
-	// https always: go-containerregistry's Scheme() would say http for
-	// loopback and private addresses.
+	// https unless Options.PlainHTTP: go-containerregistry's Scheme()
+	// would say http for loopback and private addresses.
 	u := fmt.Sprintf("%s://%s/v2/%s/blobs/%s", d.scheme, d.Ref.Context().RegistryStr(), d.Ref.Context().RepositoryStr(), l.Digest)
 	display := d.Ref.Context().String() + "@" + l.Digest.String()
 	opts.Immutable = true     // the digest is checked by whoever reads it
@@ -169,15 +169,45 @@ func (d *Disk) find(ctx context.Context, client *http.Client, l v1.Descriptor, o
 	}
 	blob := obj.Stream(ctx, resp) // the headers are at the start
 	defer blob.Close()
+	e, err := locate(blob, c)
+	if err != nil || e == nil {
+		if err != nil {
+			err = fmt.Errorf("layer %s: %w", display, err)
+		}
+		return false, err
+	}
+	d.Layer, d.Path, d.Size, d.Offset = l, e.path, e.size, e.offset
+	d.blob, d.compression, d.sparse = obj, c, e.sparse
+	if end := d.dataEnd(); c == detect.None && end > l.Size {
+		return false, fmt.Errorf("%w: layer %s: %s ends at byte %d, past the layer's %d", ErrCorrupt, display, d.Path, end, l.Size)
+	}
+	return true, nil
+}
 
-	// Read the tar headers up to the disk, counting the bytes before it
-	// and keeping each entry's headers, for the map of a sparse disk.
-	src := &tarSource{r: blob, record: c == detect.None}
+// entry is where the disk is in a layer.
+type entry struct {
+	path string
+	size int64 // the disk's size, holes included
+	// offset is where its data starts in an uncompressed layer, -1 in a
+	// compressed one.
+	offset int64
+	// sparse maps a sparse disk's data in an uncompressed layer; nil for
+	// a dense disk or a compressed layer.
+	sparse *sparseMap
+}
+
+// locate reads the tar headers of a layer of compression c from r up to
+// the disk, the regular file under disk/, and says where it is; nil when
+// the layer holds none.
+func locate(r io.Reader, c detect.Compression) (*entry, error) {
+	// Count the bytes before the disk and keep each entry's headers, for
+	// the map of a sparse disk.
+	src := &tarSource{r: r, record: c == detect.None}
 	stream := io.Reader(src)
 	if c != detect.None {
 		dec, err := decompress.NewReader(c, src)
 		if err != nil {
-			return false, fmt.Errorf("layer %s: %w", display, src.corrupt(err))
+			return nil, src.corrupt(err)
 		}
 		defer dec.Close()
 		stream = dec
@@ -187,30 +217,26 @@ func (d *Disk) find(ctx context.Context, client *http.Client, l v1.Descriptor, o
 		src.startEntry(next)
 		h, err := tr.Next()
 		if err == io.EOF {
-			return false, nil
+			return nil, nil
 		}
 		if err != nil {
-			return false, fmt.Errorf("layer %s: reading its tar headers: %w", display, src.corrupt(err))
+			return nil, fmt.Errorf("reading its tar headers: %w", src.corrupt(err))
 		}
 		var sp *sparseMap
 		if c == detect.None && isSparse(h) {
 			if sp, err = parseSparse(h, src.buf, src.over, next, src.n); err != nil {
-				return false, fmt.Errorf("layer %s: %w", display, err)
+				return nil, err
 			}
 		}
 		if !isFile(h) || !isDisk(h.Name) {
 			next = nextHeader(h, sp, src.n)
 			continue
 		}
-		d.Layer, d.Path, d.Size, d.Offset = l, path.Clean(h.Name), h.Size, -1
-		d.blob, d.compression, d.sparse = obj, c, sp
+		e := &entry{path: path.Clean(h.Name), size: h.Size, offset: -1, sparse: sp}
 		if c == detect.None {
-			d.Offset = src.n // the tar reader reads headers block by block
-			if end := d.dataEnd(); end > l.Size {
-				return false, fmt.Errorf("%w: layer %s: %s ends at byte %d, past the layer's %d", ErrCorrupt, display, d.Path, end, l.Size)
-			}
+			e.offset = src.n // the tar reader reads headers block by block
 		}
-		return true, nil
+		return e, nil
 	}
 }
 
