@@ -15,7 +15,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
-	"unsafe"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/diskimporter/diskimporter/importer/fetch"
 )
@@ -178,16 +179,12 @@ func waitWriter(ctx context.Context, f *os.File) error {
 // readable tells, without waiting, whether a read of the descriptor fd
 // would not block: it holds a byte, or its writer came and went.
 func readable(fd uintptr) bool {
-	pfd := struct {
-		fd             int32
-		events, revent int16
-	}{fd: int32(fd), events: 1} // POLLIN
-	var now syscall.Timespec // a zero timeout: do not wait
+	fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
 	for {
-		n, _, errno := syscall.Syscall6(syscall.SYS_PPOLL, uintptr(unsafe.Pointer(&pfd)), 1, uintptr(unsafe.Pointer(&now)), 0, 0, 0)
-		if errno != syscall.EINTR {
+		n, err := unix.Poll(fds, 0) // a zero timeout: do not wait
+		if err != unix.EINTR {
 			// On another error, a read tells what is wrong.
-			return errno != 0 || n > 0
+			return err != nil || n > 0
 		}
 	}
 }
