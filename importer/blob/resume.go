@@ -1,6 +1,7 @@
 package blob
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding"
@@ -8,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"hash"
+	"io"
 )
 
 // Errors of ResumableReader.
@@ -106,3 +108,101 @@ func (r *Resumable) State() ([]byte, error) {
 
 // Close stops the reads.
 func (r *Resumable) Close() error { return r.r.Close() }
+
+// verifyBuf is the read size of VerifyPrefix.
+const verifyBuf = 4 << 20
+
+// VerifyPrefix tells whether r holds the disk's first done bytes as the
+// layer blob does, state being the blob's sha256 state after them
+// (Resumable.State): the blob's bytes before the disk (its tar headers, a
+// few KiB) are read again from the registry and the disk's from r, and the
+// sha256 state they make must be state. A sparse disk's holes are not in
+// the blob: there r must hold zeros. It costs one sha256 pass over the
+// prefix, and none while the disk is written.
+func (d *Disk) VerifyPrefix(ctx context.Context, r io.ReaderAt, done int64, state []byte) (bool, error) {
+	if !d.CanResume() || done < 0 || done > d.Size {
+		return false, nil
+	}
+	h := sha256.New()
+	if err := d.hashHead(ctx, h); err != nil {
+		return false, err
+	}
+	buf := make([]byte, min(verifyBuf, max(done, 1)))
+	for _, s := range d.ranges(done) {
+		w := io.Writer(h)
+		if s.hole {
+			w = &zeroChecker{}
+		}
+		if err := copySection(ctx, w, io.NewSectionReader(r, s.from, s.to-s.from), buf); err != nil {
+			return false, err
+		}
+		if z, ok := w.(*zeroChecker); ok && z.nonZero {
+			return false, nil
+		}
+	}
+	got, err := h.(encoding.BinaryMarshaler).MarshalBinary()
+	return err == nil && bytes.Equal(got, state), err
+}
+
+// span is a range [from, to) of the disk: stored in the blob, or a hole.
+type span struct {
+	from, to int64
+	hole     bool
+}
+
+// ranges splits the disk's first done bytes into what the blob stores and
+// the holes of a sparse disk, in order.
+func (d *Disk) ranges(done int64) []span {
+	if d.sparse == nil {
+		return []span{{0, done, false}}
+	}
+	var spans []span
+	pos := int64(0)
+	for _, s := range d.sparse.segs {
+		if pos >= done {
+			break
+		}
+		if s.off > pos {
+			spans = append(spans, span{pos, min(s.off, done), true})
+		}
+		if s.length > 0 && s.off < done {
+			spans = append(spans, span{s.off, min(s.end(), done), false})
+		}
+		pos = max(pos, s.end())
+	}
+	if pos < done {
+		spans = append(spans, span{pos, done, true})
+	}
+	return spans
+}
+
+// zeroChecker is a writer that notes whether it was given a byte other
+// than zero.
+type zeroChecker struct{ nonZero bool }
+
+func (z *zeroChecker) Write(p []byte) (int, error) {
+	for _, b := range p {
+		if b != 0 {
+			z.nonZero = true
+			break
+		}
+	}
+	return len(p), nil
+}
+
+// copySection writes r to w in reads of buf, stopping when ctx ends.
+func copySection(ctx context.Context, w io.Writer, r io.Reader, buf []byte) error {
+	for {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		n, err := io.ReadFull(r, buf)
+		w.Write(buf[:n])
+		switch {
+		case err == io.EOF || err == io.ErrUnexpectedEOF:
+			return nil
+		case err != nil:
+			return err
+		}
+	}
+}

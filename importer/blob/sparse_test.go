@@ -272,6 +272,7 @@ func checkSparse(t *testing.T, img v1.Image, want []byte, ranged bool) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		checkVerifyPrefix(t, d, want, cut, state)
 		rest, err := d.ResumableReader(ctx, cut, state)
 		if err != nil {
 			t.Fatalf("resuming at %d: %v", cut, err)
@@ -280,6 +281,26 @@ func checkSparse(t *testing.T, img v1.Image, want []byte, ranged bool) {
 		rest.Close()
 		if err != nil || !bytes.Equal(append(head, tail...), want) {
 			t.Fatalf("resumed at %d: %d+%d bytes (%v), want the %d of the disk", cut, len(head), len(tail), err, len(want))
+		}
+	}
+}
+
+// checkVerifyPrefix: the disk's first cut bytes verify against the state
+// after them, and not once a data byte or a hole byte is changed.
+func checkVerifyPrefix(t *testing.T, d *blob.Disk, disk []byte, cut int64, state []byte) {
+	t.Helper()
+	ctx := t.Context()
+	if ok, err := d.VerifyPrefix(ctx, bytes.NewReader(disk), cut, state); !ok || err != nil {
+		t.Errorf("VerifyPrefix of the disk's first %d bytes: %v, %v; want true", cut, ok, err)
+	}
+	for _, at := range []int64{40_000, 20_000} { // in a data segment, in a hole
+		if at >= cut {
+			continue
+		}
+		bad := bytes.Clone(disk)
+		bad[at] ^= 0xff
+		if ok, err := d.VerifyPrefix(ctx, bytes.NewReader(bad), cut, state); ok || err != nil {
+			t.Errorf("VerifyPrefix with byte %d changed: %v, %v; want false", at, ok, err)
 		}
 	}
 }

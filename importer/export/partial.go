@@ -15,17 +15,11 @@ import (
 	"github.com/diskimporter/diskimporter/importer/blob"
 )
 
-const (
-	// maxStateFile bounds what is read of a state file.
-	maxStateFile = 64 << 10
-	// rehashBuf is the read size of the check of a partial file's kept
-	// bytes.
-	rehashBuf = 4 << 20
-)
+// maxStateFile bounds what is read of a state file.
+const maxStateFile = 64 << 10
 
 // resumeState is the state file of a partial output: how much of it is
-// on disk, the sha256 of those bytes, and the layer blob's sha256 state at
-// that point.
+// on disk, and the layer blob's sha256 state at that point.
 type resumeState struct {
 	Version        int    `json:"version"`
 	LayerDigest    string `json:"layer_digest"`
@@ -35,11 +29,10 @@ type resumeState struct {
 	Sparse         bool   `json:"sparse"`
 	// Done is how many bytes of the disk are in the partial file, synced.
 	Done int64 `json:"done"`
-	// SHA256State is the blob's sha256 state after them (base64).
+	// SHA256State is the blob's sha256 state after them (base64): the
+	// partial file's first Done bytes must make it again for a rerun to
+	// go on (blob.Disk.VerifyPrefix).
 	SHA256State []byte `json:"sha256_state"`
-	// DiskSHA256 is the sha256 of the disk's first Done bytes (hex):
-	// what the partial file must still hold for a rerun to go on.
-	DiskSHA256 string `json:"disk_sha256"`
 	// Check is the sha256 (hex) of this record with Check empty: a state
 	// file damaged in any field is not resumed from.
 	Check string `json:"check"`
@@ -161,7 +154,7 @@ func (e *exporter) startOver(o *fileOut) error {
 	if err := o.f.Truncate(0); err != nil {
 		return fmt.Errorf("%w: %s: %w", ErrOutput, o.path, err)
 	}
-	o.length, o.hashed, o.disk = 0, 0, sha256.New()
+	o.length = 0
 	return nil
 }
 
@@ -176,31 +169,23 @@ func (e *exporter) checkPartial(ctx context.Context, o *fileOut) (*resumeState, 
 		return nil, err
 	}
 	start := time.Now()
-	h := sha256.New()
-	buf := make([]byte, min(rehashBuf, st.Done))
-	r := io.NewSectionReader(o.f, 0, st.Done)
-	for n := int64(0); n < st.Done; {
-		if err := ctx.Err(); err != nil {
-			return nil, err
+	ok, err := e.d.VerifyPrefix(ctx, o.f, st.Done, st.SHA256State)
+	if err != nil {
+		if ctx.Err() == nil {
+			err = sourceError(e.s.display, err)
 		}
-		m, err := io.ReadFull(r, buf[:min(int64(len(buf)), st.Done-n)])
-		h.Write(buf[:m])
-		n += int64(m)
-		if err != nil {
-			return nil, fmt.Errorf("%w: reading %s: %w", ErrOutput, o.path, err)
-		}
+		return nil, err
 	}
 	e.log.Info("partial output re-read to check it", "partial", o.path, "bytes", st.Done, "seconds", round(time.Since(start).Seconds()))
-	if got := hex.EncodeToString(h.Sum(nil)); got != st.DiskSHA256 {
-		return nil, fmt.Errorf("%w: the first %d bytes of %s are not those the state file recorded (sha256 %s, want %s)",
-			errStartOver, st.Done, o.path, got, st.DiskSHA256)
+	if !ok {
+		return nil, fmt.Errorf("%w: the first %d bytes of %s are not those the state file recorded", errStartOver, st.Done, o.path)
 	}
 	// Bytes past the checkpoint were written, or not, by the run that
 	// stopped: drop them, so that a skipped zero block reads as zeros.
 	if err := o.f.Truncate(st.Done); err != nil {
 		return nil, fmt.Errorf("%w: %s: %w", ErrOutput, o.path, err)
 	}
-	o.length, o.hashed, o.disk = st.Done, st.Done, h
+	o.length = st.Done
 	return st, nil
 }
 

@@ -3,11 +3,9 @@ package export
 import (
 	"bytes"
 	"context"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"hash"
 	"io"
 	"log/slog"
 	"os"
@@ -256,18 +254,10 @@ type fileOut struct {
 	statePath string
 	dense     bool
 	length    int64 // of the file
-	// disk hashes the disk's bytes written so far, for the state file,
-	// when there are checkpoints; hashed counts them.
-	disk     hash.Hash
-	hashed   int64
-	template resumeState
+	template  resumeState
 }
 
 func (o *fileOut) write(b []byte, off int64) error {
-	if o.disk != nil {
-		o.disk.Write(b)
-		o.hashed += int64(len(b))
-	}
 	if o.dense {
 		return o.writeAt(b, off)
 	}
@@ -304,9 +294,6 @@ func (o *fileOut) writeAt(b []byte, off int64) error {
 }
 
 func (o *fileOut) checkpoint(done int64, state []byte) error {
-	if o.disk == nil || o.hashed != done {
-		return fmt.Errorf("checkpoint at byte %d of the disk, whose bytes are hashed up to %d", done, o.hashed)
-	}
 	if o.length < done {
 		// Trailing zeros were skipped: the file must still be done
 		// bytes long for a rerun to trust it.
@@ -319,7 +306,7 @@ func (o *fileOut) checkpoint(done int64, state []byte) error {
 		return fmt.Errorf("%w: syncing %s: %w", ErrOutput, o.path, err)
 	}
 	st := o.template
-	st.Done, st.SHA256State, st.DiskSHA256 = done, state, hex.EncodeToString(o.disk.Sum(nil))
+	st.Done, st.SHA256State = done, state
 	st.Check = st.checksum()
 	b, err := json.Marshal(st)
 	if err != nil {
