@@ -33,9 +33,14 @@ type disk struct {
 	format      detect.Format
 	compression detect.Compression
 	qcow2       *qcow2.Info
-	// reopen reads the disk again from its first byte, for an upload
-	// retry.
-	reopen func(ctx context.Context) (io.ReadCloser, error)
+	// reopen reads the disk again from disk byte off, for an upload that
+	// goes on after a failure (off 0: an upload from the start). off > 0
+	// needs resumable.
+	reopen func(ctx context.Context, off int64) (io.ReadCloser, error)
+	// resumable: the disk can be read again from any byte. Not when the
+	// download is checked as a whole, in order (an expected checksum of a
+	// compressed source, an md5): then an upload starts over.
+	resumable bool
 	// closers run when the import ends: they close the source and remove
 	// a spool.
 	closers []func()
@@ -144,23 +149,9 @@ func openDisk(ctx context.Context, s *settings, src *source, rc io.ReadCloser, i
 		}
 	default:
 		d.r = diskStream
-		d.reopen = func(ctx context.Context) (io.ReadCloser, error) {
-			ctx, interrupt := context.WithCancel(ctx)
-			rc, err := src.open(ctx)
-			if err != nil {
-				interrupt()
-				return nil, err
-			}
-			if d.compression == detect.None {
-				return readCloser{sums.reader(rc), closers{rc, cancelCloser(interrupt)}}, nil
-			}
-			dec, err := newDecompressor(d.compression, sums.reader(rc), interrupt, src.display)
-			if err != nil {
-				rc.Close()
-				interrupt()
-				return nil, err
-			}
-			return readCloser{dec, closers{dec, rc, cancelCloser(interrupt)}}, nil
+		d.resumable = !sums.inOrder()
+		d.reopen = func(ctx context.Context, off int64) (io.ReadCloser, error) {
+			return d.reopenStream(ctx, src, sums, off)
 		}
 	}
 
@@ -204,8 +195,52 @@ func (d *disk) spoolFrom(ctx context.Context, s *settings, src *source, r io.Rea
 			return fmt.Errorf("%s: %w", src.display, classifyQCOW2(err))
 		}
 	}
-	d.reopen = sp.open
+	d.reopen, d.resumable = sp.open, true // the download was checked while spooled
 	return nil
+}
+
+// reopenStream reads the disk of a source that is not spooled again from
+// disk byte off: an uncompressed source straight from there when it can
+// (a file, Range requests), otherwise from its first byte, decoded and
+// skipped forward. The checksums of the download see a read from the
+// first byte only.
+func (d *disk) reopenStream(ctx context.Context, src *source, sums *sourceSums, off int64) (io.ReadCloser, error) {
+	ctx, interrupt := context.WithCancel(ctx)
+	if off > 0 && d.compression == detect.None {
+		rc, err := src.open(ctx, off)
+		if err == nil {
+			return readCloser{rc, closers{rc, cancelCloser(interrupt)}}, nil
+		}
+		if !errors.Is(err, errFromStart) {
+			interrupt()
+			return nil, err
+		}
+	}
+	rc, err := src.open(ctx, 0)
+	if err != nil {
+		interrupt()
+		return nil, err
+	}
+	r := io.Reader(rc)
+	if off == 0 {
+		r = sums.reader(rc)
+	}
+	out := readCloser{r, closers{rc, cancelCloser(interrupt)}}
+	if d.compression != detect.None {
+		dec, err := newDecompressor(d.compression, r, interrupt, src.display)
+		if err != nil {
+			out.Close()
+			return nil, err
+		}
+		out = readCloser{dec, closers{dec, rc, cancelCloser(interrupt)}}
+	}
+	if off > 0 {
+		if _, err := io.CopyN(io.Discard, out, off); err != nil {
+			out.Close()
+			return nil, fmt.Errorf("skipping to disk byte %d of %s: %w", off, src.display, err)
+		}
+	}
+	return out, nil
 }
 
 // convertRaw makes the disk the guest-visible raw disk of the qcow2 image,
@@ -228,9 +263,10 @@ func (d *disk) convertRaw(ctx context.Context, s *settings, src *source) error {
 	d.qcow2, d.format, d.size, d.sizeFrom = info, detect.Raw, vsize, SizeFromQCOW2
 	raw = corruptReaderAt{raw, src.display}
 	d.r = io.NewSectionReader(raw, 0, vsize)
-	d.reopen = func(context.Context) (io.ReadCloser, error) {
-		return io.NopCloser(io.NewSectionReader(raw, 0, vsize)), nil
+	d.reopen = func(_ context.Context, off int64) (io.ReadCloser, error) {
+		return io.NopCloser(io.NewSectionReader(raw, off, vsize-off)), nil
 	}
+	d.resumable = true
 	return nil
 }
 

@@ -65,6 +65,11 @@ type Result struct {
 	// (empty over plain http).
 	TLSVersion     string `json:"tls_version,omitempty"`
 	TLSCipherSuite string `json:"tls_cipher_suite,omitempty"`
+	// Resumes is how many times the layer upload failed and went on where
+	// the registry stood (or started over); ResumedFrom is the layer byte
+	// the last one went on from. Absent when the upload never failed.
+	Resumes     int   `json:"resumes,omitempty"`
+	ResumedFrom int64 `json:"resumed_from,omitempty"`
 	// Skipped: the destination already held this source (SkipExisting),
 	// and nothing was read or uploaded; the fields describe that image.
 	Skipped bool `json:"skipped,omitempty"`
@@ -197,26 +202,25 @@ func run(ctx context.Context, s *settings, log *slog.Logger, prog *tracker) (*Re
 	if sums.hashDisk() {
 		layerOpts = append(layerOpts, layer.WithContentDigest(sums.recordDisk))
 	}
-	l, err := layer.New(io.NopCloser(countingReader{d.r, &prog.bytes}), d.size, append(layerOpts,
-		layer.WithReopen(func() (io.ReadCloser, error) {
-			log.Warn("reading the disk again for an upload retry")
-			if s.OnRetry != nil {
-				s.OnRetry(Retry{Stage: RetryUpload})
-			}
-			rc, err := d.reopen(ctx)
-			if err != nil {
-				return nil, err
-			}
-			prog.bytes.Store(0)
-			return readCloser{countingReader{rc, &prog.bytes}, rc}, nil
-		}))...,
-	)
+	var cps checkpoints
+	layerOpts = append(layerOpts, layer.WithCheckpoints(s.CheckpointInterval, cps.add))
+	l, err := layer.New(io.NopCloser(countingReader{d.r, &prog.bytes}), d.size, layerOpts...)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrInvalidOptions, err)
 	}
-	if err := pusher.Upload(ctx, s.ref.Repository, l); err != nil {
+	size, err := layer.TarSize(diskName, d.size)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrInvalidOptions, err)
+	}
+	up, err := newLayerUpload(ctx, s, log, prog, rt, d, l, size)
+	if err != nil {
 		return nil, uploadError(ctx, registry, err)
 	}
+	up.cps, up.sums = &cps, sums
+	if err := up.run(ctx); err != nil {
+		return nil, uploadError(ctx, registry, err)
+	}
+	resumes, resumedFrom := up.resumes, up.from
 
 	// Every check passes before the manifest, and so the tag, is written.
 	downloadSHA256, diskSHA256, err := sums.result()
@@ -244,6 +248,7 @@ func run(ctx context.Context, s *settings, log *slog.Logger, prog *tracker) (*Re
 		return nil, err
 	}
 	res.TLSVersion, res.TLSCipherSuite = tlsSeen.get()
+	res.Resumes, res.ResumedFrom = resumes, resumedFrom
 	return res, nil
 }
 

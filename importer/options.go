@@ -278,6 +278,12 @@ type Options struct {
 	// type instead of OCI ones. False: OCI.
 	DockerMediaTypes bool
 
+	// CheckpointInterval is how many bytes of the layer go by between two
+	// checkpoints of its hash, from which an upload that failed goes on
+	// where the registry stands (at most this many bytes are read again
+	// from the source). Zero: DefaultCheckpointInterval.
+	CheckpointInterval int64
+
 	// ProgressInterval is how often progress is logged. Zero: 5s.
 	ProgressInterval time.Duration
 
@@ -298,6 +304,8 @@ const (
 	DefaultChunkSize    = 8 << 20
 	DefaultRetries      = 5
 	DefaultStallTimeout = 60 * time.Second
+
+	DefaultCheckpointInterval = 64 << 20
 )
 
 // The bounds of ReadOptions.ChunkSize.
@@ -375,6 +383,12 @@ func (s *settings) checkImport() error {
 	}
 	if s.SkipExisting && len(s.Checksums) == 0 {
 		return errSkipNeedsChecksum
+	}
+	switch {
+	case s.CheckpointInterval < 0:
+		return fmt.Errorf("%w: CheckpointInterval %d is negative", ErrInvalidOptions, s.CheckpointInterval)
+	case s.CheckpointInterval == 0:
+		s.CheckpointInterval = DefaultCheckpointInterval
 	}
 	return nil
 }

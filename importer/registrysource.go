@@ -25,7 +25,12 @@ func openRegistry(ctx context.Context, o *settings, ref string) (*source, io.Rea
 	if err != nil {
 		return nil, nil, err
 	}
-	open := func(ctx context.Context) (io.ReadCloser, error) {
+	// A blob's digest is checked over the whole blob: the disk is read
+	// again from its first byte.
+	open := func(ctx context.Context, off int64) (io.ReadCloser, error) {
+		if off > 0 {
+			return nil, errFromStart
+		}
 		ctx, cancel := context.WithCancel(ctx)
 		rc, err := d.Reader(ctx)
 		if err != nil {
@@ -41,7 +46,7 @@ func openRegistry(ctx context.Context, o *settings, ref string) (*source, io.Rea
 		}
 		return sourceReader{readCloser{rc, closeFunc(func() error { defer cancel(); return rc.Close() })}, display}, nil
 	}
-	rc, err := open(ctx)
+	rc, err := open(ctx, 0)
 	if err != nil {
 		return nil, nil, err
 	}

@@ -28,13 +28,19 @@ type source struct {
 	// annotations.
 	display string
 	size    int64 // -1 when the source does not say
-	open    func(ctx context.Context) (io.ReadCloser, error)
+	// open reads the source again from byte off; one that cannot start
+	// past its first byte answers errFromStart for off > 0.
+	open func(ctx context.Context, off int64) (io.ReadCloser, error)
 	// readerAt gives random access to the source bytes, or is nil when the
 	// source has none (an HTTP server that does not answer Range requests).
 	readerAt func(ctx context.Context) io.ReaderAt
 	// digest is the manifest digest of a docker:// source.
 	digest string
 }
+
+// errFromStart: a source can be read again only from its first byte (it
+// does not answer Range requests, or its bytes are checked as a whole).
+var errFromStart = errors.New("the source can only be read from its first byte")
 
 // openSource opens o.Source and returns the source and a reader of its
 // bytes.
@@ -94,7 +100,7 @@ func openFileContext(ctx context.Context, path string) (*source, io.ReadCloser, 
 	src := &source{
 		display: path,
 		size:    size,
-		open: func(context.Context) (io.ReadCloser, error) {
+		open: func(_ context.Context, off int64) (io.ReadCloser, error) {
 			f, err := os.Open(path)
 			if err != nil {
 				return nil, err
@@ -102,6 +108,10 @@ func openFileContext(ctx context.Context, path string) (*source, io.ReadCloser, 
 			if fi, err := f.Stat(); err == nil && fi.Mode().IsRegular() && fi.Size() != size {
 				f.Close()
 				return nil, fmt.Errorf("%w: %s was %d bytes and is now %d", ErrSourceChanged, path, size, fi.Size())
+			}
+			if _, err := f.Seek(off, io.SeekStart); err != nil {
+				f.Close()
+				return nil, fmt.Errorf("%w: %w", ErrSourceUnavailable, err)
 			}
 			return f, nil
 		},
@@ -151,7 +161,7 @@ func openPipe(ctx context.Context, path string, f *os.File) (*source, io.ReadClo
 	src := &source{
 		display: path,
 		size:    -1,
-		open: func(context.Context) (io.ReadCloser, error) {
+		open: func(context.Context, int64) (io.ReadCloser, error) {
 			return nil, fmt.Errorf("%w: %s is a pipe: it cannot be read a second time", ErrSourceUnavailable, path)
 		},
 	}
@@ -233,8 +243,18 @@ func openHTTP(ctx context.Context, o *settings, u *url.URL) (*source, io.ReadClo
 	src := &source{
 		display: display,
 		size:    obj.Size(),
-		open: func(ctx context.Context) (io.ReadCloser, error) {
-			return sourceReader{obj.NewReader(ctx, nil), display}, nil
+		open: func(ctx context.Context, off int64) (io.ReadCloser, error) {
+			if off == 0 {
+				return sourceReader{obj.NewReader(ctx, nil), display}, nil
+			}
+			if !obj.Resumable() {
+				return nil, errFromStart
+			}
+			rc, err := obj.NewSectionReader(ctx, off, obj.Size()-off)
+			if err != nil {
+				return nil, ClassifySource(display, err)
+			}
+			return sourceReader{rc, display}, nil
 		},
 	}
 	if obj.Ranged() && obj.Size() > 0 {

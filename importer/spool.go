@@ -86,6 +86,17 @@ func copySpool(ctx context.Context, w io.Writer, r io.Reader, maxSize int64) (in
 	}
 }
 
-func (s *spool) open(context.Context) (io.ReadCloser, error) { return os.Open(s.path) }
+// open reads the spool from byte off.
+func (s *spool) open(_ context.Context, off int64) (io.ReadCloser, error) {
+	f, err := os.Open(s.path)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := f.Seek(off, io.SeekStart); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return f, nil
+}
 
 func (s *spool) remove() { os.Remove(s.path) }

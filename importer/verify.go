@@ -93,6 +93,28 @@ func (s *sourceSums) reader(r io.Reader) *meteredReader {
 	return m
 }
 
+// resumed says the disk is read again from the middle, past the download
+// checks: allowed only when none needs the download read in order
+// (inOrder), and then nothing is left to verify but the disk's sha256,
+// which the layer's checkpoints carry.
+func (s *sourceSums) resumed() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.verified == errNotRead && len(otherChecksums(s.want)) == 0 && !(s.wantSHA256 && s.diskDiffers) {
+		s.verified = nil
+	}
+}
+
+// inOrder tells whether the download must be read whole, in order, for
+// its checksums: an expected checksum other than sha256, or a sha256 of a
+// download that is not the disk. The layer's checkpoints carry only the
+// disk's sha256.
+func (s *sourceSums) inOrder() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(otherChecksums(s.want)) > 0 || s.wantSHA256 && s.diskDiffers
+}
+
 // otherChecksums are the expected checksums that are not sha256, which is
 // computed once for every use.
 func otherChecksums(want []Checksum) []Checksum {

@@ -17,7 +17,12 @@ package layer
 import (
 	"archive/tar"
 	"bytes"
+	"crypto/sha256"
+	"encoding"
+	"encoding/binary"
+	"errors"
 	"fmt"
+	"hash"
 	"io"
 	"path"
 	"strings"
@@ -54,6 +59,9 @@ var ModTime = time.Unix(0, 0).UTC()
 // SourceTruncated reason.
 var ErrSizeMismatch = reason.ErrSourceTruncated
 
+// ErrCheckpoint: a Checkpoint given to OpenFrom is not one of this layer.
+var ErrCheckpoint = errors.New("the checkpoint does not fit the layer")
+
 // Opener re-opens the disk source from its first byte. It must be safe to
 // call while a reader returned earlier is still open.
 type Opener func() (io.ReadCloser, error)
@@ -69,6 +77,9 @@ type Layer struct {
 	onContent func(v1.Hash)
 	bufSize   int
 	buffers   int
+	// every and onCheckpoint: see WithCheckpoints.
+	every        int64
+	onCheckpoint func(Checkpoint)
 
 	mu       sync.Mutex
 	first    io.ReadCloser // the reader given to New until the first open
@@ -263,7 +274,103 @@ func (l *Layer) open() (io.ReadCloser, error) {
 			return nil, fmt.Errorf("re-opening disk source: %w", err)
 		}
 	}
-	return newReader(l, src), nil
+	return newReader(l, src, start{}), nil
+}
+
+// A Checkpoint is the state of a layer's hashes after its first Offset
+// bytes: a reader opened with OpenFrom goes on from there without reading
+// those bytes again. Layer and Disk are marshaled crypto/sha256 states
+// (about 100 bytes each) of the tar stream and, with WithContentDigest, of
+// the disk's bytes within it; the zero Checkpoint is the stream's start.
+type Checkpoint struct {
+	Offset int64
+	Layer  []byte
+	Disk   []byte
+}
+
+// WithCheckpoints makes every reader call fn with a Checkpoint each time
+// the stream passes a multiple of every bytes, at the end of the buffer
+// (a multiple of 512 bytes) that crossed it, on the goroutine that hashes
+// the stream: fn must return quickly. every must be positive.
+func WithCheckpoints(every int64, fn func(Checkpoint)) Option {
+	return func(l *Layer) error {
+		if every <= 0 {
+			return fmt.Errorf("checkpoint interval %d: want a positive byte count", every)
+		}
+		l.every, l.onCheckpoint = every, fn
+		return nil
+	}
+}
+
+// checkpoint calls the WithCheckpoints function when a buffer of n bytes
+// that ended at stream position at crossed a multiple of the interval.
+func (l *Layer) checkpoint(at, n int64, layer, disk hash.Hash) {
+	if l.onCheckpoint == nil || n == 0 || (at-n)/l.every == at/l.every {
+		return
+	}
+	cp := Checkpoint{Offset: at, Layer: marshalHash(layer)}
+	if disk != nil {
+		cp.Disk = marshalHash(disk)
+	}
+	l.onCheckpoint(cp)
+}
+
+// OpenFrom returns the tar stream from byte from on, its hashes going on
+// from cp (cp.Offset <= from; the zero Checkpoint: from the start). The
+// stream's bytes from cp.Offset are produced again, the disk's read from
+// open at the disk byte cp.Offset falls on, and those before from are
+// hashed without being handed out. The layer's digest is recorded when the
+// stream ends cleanly, as with Compressed. A Checkpoint that is not one of
+// a stream of this layer's length at its Offset is refused.
+func (l *Layer) OpenFrom(cp Checkpoint, from int64, open func(diskOffset int64) (io.ReadCloser, error)) (io.ReadCloser, error) {
+	h := int64(len(l.header))
+	total := h + l.size + padding(l.size) + trailerSize
+	if cp.Offset < 0 || cp.Offset > from || from > total {
+		return nil, fmt.Errorf("resuming the layer at byte %d from a checkpoint at %d: want 0 <= checkpoint <= byte <= %d", from, cp.Offset, total)
+	}
+	st := start{at: cp, skip: from - cp.Offset}
+	var err error
+	if st.layer, err = restoreHash(cp.Layer, cp.Offset); err != nil {
+		return nil, err
+	}
+	if l.onContent != nil {
+		if st.disk, err = restoreHash(cp.Disk, min(max(cp.Offset-h, 0), l.size)); err != nil {
+			return nil, fmt.Errorf("the disk's digest: %w", err)
+		}
+	}
+	l.mu.Lock()
+	l.first, l.opened = nil, true // the reader given to New is not read
+	l.mu.Unlock()
+	src := io.ReadCloser(io.NopCloser(bytes.NewReader(nil)))
+	if cp.Offset < h+l.size {
+		if src, err = open(min(max(cp.Offset-h, 0), l.size)); err != nil {
+			return nil, fmt.Errorf("re-opening disk source: %w", err)
+		}
+	}
+	return newReader(l, src, st), nil
+}
+
+// marshalHash is the state of a crypto/sha256 hash.
+func marshalHash(h hash.Hash) []byte {
+	b, _ := h.(encoding.BinaryMarshaler).MarshalBinary() // sha256 never fails
+	return b
+}
+
+// restoreHash returns a sha256 hash in state, which must be the state after
+// n bytes; a nil state is a new hash, for n == 0.
+func restoreHash(state []byte, n int64) (hash.Hash, error) {
+	h := sha256.New()
+	if state == nil && n == 0 {
+		return h, nil
+	}
+	// crypto/sha256 ends its state with the count of bytes hashed.
+	if len(state) < 8 || binary.BigEndian.Uint64(state[len(state)-8:]) != uint64(n) {
+		return nil, fmt.Errorf("%w: the hash state is not one after %d bytes", ErrCheckpoint, n)
+	}
+	if err := h.(encoding.BinaryUnmarshaler).UnmarshalBinary(state); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrCheckpoint, err)
+	}
+	return h, nil
 }
 
 // finish records the digest and size computed by a reader that reached a

@@ -20,7 +20,8 @@ var errClosed = errors.New("layer reader closed")
 // the error that follows the data: io.EOF on a clean end, when digest and
 // size are set.
 type chunk struct {
-	buf     []byte
+	buf     []byte // the bytes to hand out
+	whole   []byte // the buffer behind buf, returned to free once read
 	err     error
 	digest  v1.Hash
 	content v1.Hash
@@ -48,7 +49,17 @@ type reader struct {
 	closeErr  error
 }
 
-func newReader(l *Layer, src io.ReadCloser) *reader {
+// start is where a reader starts: the stream position its producer reads
+// from, the hash states there, and how many bytes it hashes without
+// handing them out (they were sent already).
+type start struct {
+	at    Checkpoint
+	skip  int64
+	layer hash.Hash // nil: a new hash
+	disk  hash.Hash // nil: a new hash, or none
+}
+
+func newReader(l *Layer, src io.ReadCloser, from start) *reader {
 	total := int64(len(l.header)) + l.size + padding(l.size) + trailerSize
 	size := l.bufSize
 	if int64(size) > total {
@@ -65,26 +76,36 @@ func newReader(l *Layer, src io.ReadCloser) *reader {
 	for range l.buffers {
 		r.free <- make([]byte, size)
 	}
-	go r.produce()
+	go r.produce(from)
 	return r
 }
 
-func (r *reader) produce() {
-	defer close(r.done)
-	tail := padding(r.l.size) + trailerSize
-	body := io.MultiReader(
-		bytes.NewReader(r.l.header),
-		&exactReader{r: r.src, size: r.l.size},
-		io.LimitReader(zeros{}, tail),
+// body is the tar stream from stream position at on, the disk's bytes
+// read from src, which starts at the disk byte that position falls on.
+func (l *Layer) body(src io.Reader, at int64) io.Reader {
+	h := int64(len(l.header))
+	diskFrom := min(max(at-h, 0), l.size)
+	tail := padding(l.size) + trailerSize
+	return io.MultiReader(
+		bytes.NewReader(l.header[min(at, h):]),
+		&exactReader{r: src, size: l.size - diskFrom},
+		io.LimitReader(zeros{}, tail-max(at-h-l.size, 0)),
 	)
-	layerHash := sha256.New()
-	var contentHash hash.Hash
-	if r.l.onContent != nil {
+}
+
+func (r *reader) produce(from start) {
+	defer close(r.done)
+	body := r.l.body(r.src, from.at.Offset)
+	layerHash, contentHash := from.layer, from.disk
+	if layerHash == nil {
+		layerHash = sha256.New()
+	}
+	if contentHash == nil && r.l.onContent != nil {
 		contentHash = sha256.New()
 	}
 	contentStart := int64(len(r.l.header))
 	contentEnd := contentStart + r.l.size
-	var total int64
+	total, skip := from.at.Offset, from.skip
 	for {
 		var buf []byte
 		select {
@@ -92,6 +113,7 @@ func (r *reader) produce() {
 		case <-r.stop:
 			return
 		}
+		whole := buf
 		n, err := fill(body, buf)
 		buf = buf[:n]
 		if contentHash != nil {
@@ -109,7 +131,15 @@ func (r *reader) produce() {
 			layerHash.Write(buf)
 		}
 		total += int64(n)
-		c := chunk{buf: buf, err: err}
+		r.l.checkpoint(total, int64(n), layerHash, contentHash)
+		// Bytes sent already are hashed, not handed out again.
+		k := min(skip, int64(n))
+		skip -= k
+		c := chunk{buf: buf[k:], whole: whole, err: err}
+		if len(c.buf) == 0 && err == nil {
+			r.free <- whole // never blocks: it came from there
+			continue
+		}
 		if err == io.EOF {
 			c.digest = sha256Hash(layerHash)
 			if contentHash != nil {
@@ -195,7 +225,7 @@ func (r *reader) next() error {
 		}
 		select {
 		case c := <-r.full:
-			r.cur, r.curFull, r.err, r.last = c.buf, c.buf, c.err, c
+			r.cur, r.curFull, r.err, r.last = c.buf, c.whole, c.err, c
 		case <-r.stop:
 			return errClosed
 		}

@@ -63,10 +63,7 @@ func exportFlags(o *export.Options, c *exportCLI) *pflag.FlagSet {
 	addRegistryFlags(fs, &o.RegistryOptions, &c.registryCLI, "source-")
 	addReadFlags(fs, &o.ReadOptions, export.DefaultConnections, export.DefaultChunkSize)
 	addCommonFlags(fs, &c.commonCLI, true)
-	// How often a file output is synced and its state saved; hidden:
-	// tests make it small to resume small disks.
-	fs.Var(newSize(&o.CheckpointInterval, 1<<20, 1<<40), "checkpoint-interval", "bytes between two checkpoints of a file output, 1MiB to 1TiB (default 64MiB)")
-	_ = fs.MarkHidden("checkpoint-interval")
+	addCheckpointIntervalFlag(fs, &o.CheckpointInterval)
 	return fs
 }
 

@@ -47,6 +47,13 @@ func addCommonFlags(fs *pflag.FlagSet, c *commonCLI, metrics bool) {
 	}
 }
 
+// addCheckpointIntervalFlag registers --checkpoint-interval: how much
+// work a failed or killed run may have to do again.
+func addCheckpointIntervalFlag(fs *pflag.FlagSet, p *int64) {
+	fs.Var(newSize(p, 1<<20, 1<<40), "checkpoint-interval",
+		"bytes between two checkpoints from which a failed upload or a killed export goes on, 1MiB to 1TiB (default 64MiB)")
+}
+
 // addQuietFlag registers -q, --quiet.
 func addQuietFlag(fs *pflag.FlagSet, quiet *bool) {
 	fs.BoolVarP(quiet, "quiet", "q", false, "no progress line and no progress or info log lines; warnings, errors and the JSON result still print")

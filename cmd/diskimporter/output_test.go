@@ -275,7 +275,9 @@ func TestPlainHTTPHint(t *testing.T) {
 	}
 	plain := httptest.NewServer(registry.New(registry.Logger(log.New(io.Discard, "", 0))))
 	defer plain.Close()
-	untrusted := httptest.NewTLSServer(registry.New(registry.Logger(log.New(io.Discard, "", 0))))
+	untrusted := httptest.NewUnstartedServer(registry.New(registry.Logger(log.New(io.Discard, "", 0))))
+	untrusted.Config.ErrorLog = log.New(io.Discard, "", 0) // the refused handshake
+	untrusted.StartTLS()
 	defer untrusted.Close()
 	host := func(u string) string { return strings.TrimPrefix(strings.TrimPrefix(u, "http://"), "https://") }
 	for _, tc := range []struct {

@@ -1,0 +1,250 @@
+package importer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"sync"
+	"sync/atomic"
+
+	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
+
+	"github.com/diskimporter/diskimporter/importer/upload"
+	"github.com/diskimporter/diskimporter/layer"
+)
+
+// keptCheckpoints is how many of the layer's last checkpoints are kept:
+// the hash runs ahead of what the registry has stored, by the bytes in
+// flight (buffers, socket, the registry's own).
+const keptCheckpoints = 4
+
+// layerUpload is the upload of the disk layer: one streamed PATCH with its
+// length, and after a failure, as the registry says where the upload
+// stands, the rest from there. The layer's hash goes on from the newest
+// checkpoint at or before that point, the disk read again from there.
+type layerUpload struct {
+	s      *settings
+	log    *slog.Logger
+	prog   *tracker
+	l      *layer.Layer
+	d      *disk
+	sums   *sourceSums
+	client *http.Client
+	base   *url.URL
+	size   int64 // of the layer blob
+	cps    *checkpoints
+
+	sess      *upload.Session
+	confirmed int64        // what the registry last said it stored
+	sent      atomic.Int64 // what was handed to the connection
+	resumes   int
+	from      int64 // where the last resume went on from
+}
+
+// checkpoints keeps the layer's last checkpoints; the layer's producer
+// adds to it while an uploader reads it.
+type checkpoints struct {
+	mu   sync.Mutex
+	kept []layer.Checkpoint
+}
+
+func (c *checkpoints) add(cp layer.Checkpoint) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.kept = append(c.kept, cp)
+	if len(c.kept) > keptCheckpoints {
+		c.kept = c.kept[1:]
+	}
+}
+
+// at is the newest checkpoint at or before offset, or the start.
+func (c *checkpoints) at(offset int64) layer.Checkpoint {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	best := layer.Checkpoint{}
+	for _, cp := range c.kept {
+		if cp.Offset <= offset && cp.Offset > best.Offset {
+			best = cp
+		}
+	}
+	return best
+}
+
+// newLayerUpload prepares the upload of l, the layer of d, to the
+// destination's repository through rt.
+func newLayerUpload(ctx context.Context, s *settings, log *slog.Logger, prog *tracker, rt http.RoundTripper, d *disk, l *layer.Layer, size int64) (*layerUpload, error) {
+	repo := s.ref.Context()
+	auth, err := s.Keychain.Resolve(repo)
+	if err != nil {
+		return nil, fmt.Errorf("resolving the credentials for %s: %w", repo, err)
+	}
+	tr, err := transport.NewWithContext(ctx, repo.Registry, auth, rt, []string{repo.Scope(transport.PushScope)})
+	if err != nil {
+		return nil, err
+	}
+	scheme := "https"
+	if s.PlainHTTP {
+		scheme = "http"
+	}
+	base := &url.URL{Scheme: scheme, Host: repo.RegistryStr(), Path: "/v2/" + repo.RepositoryStr() + "/"}
+	return &layerUpload{s: s, log: log, prog: prog, l: l, d: d, client: &http.Client{Transport: tr}, base: base, size: size}, nil
+}
+
+// run uploads the layer and commits it under its digest.
+func (u *layerUpload) run(ctx context.Context) error {
+	if err := u.start(ctx); err != nil {
+		return err
+	}
+	from, cp := int64(0), layer.Checkpoint{}
+	for failures := 0; ; failures++ {
+		err := u.send(ctx, cp, from)
+		if err == nil {
+			return u.commit(ctx)
+		}
+		if ctx.Err() != nil || failures >= u.s.Retries || !u.retryable(err) {
+			return err
+		}
+		if u.s.OnRetry != nil {
+			u.s.OnRetry(Retry{Stage: RetryUpload, Offset: from, Err: err})
+		}
+		u.resumes++
+		switch {
+		case errors.Is(err, upload.ErrRedirected):
+			// The same bytes, to the new location.
+			u.log.Warn("the registry redirected the upload; sending again", "from", from)
+		case errors.Is(err, upload.ErrOffsetMismatch), errors.Is(err, upload.ErrOffsetInconsistent):
+			if from, cp, err = u.fresh(ctx, err); err != nil {
+				return err
+			}
+		default:
+			if from, cp, err = u.resync(ctx, err); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+// retryable tells whether a failed send may go on: a transient failure, a
+// redirect, or a registry whose offsets do not add up (a fresh upload).
+func (u *layerUpload) retryable(err error) bool {
+	return upload.Transient(err) || errors.Is(err, upload.ErrRedirected) ||
+		errors.Is(err, upload.ErrOffsetMismatch) || errors.Is(err, upload.ErrOffsetInconsistent)
+}
+
+// start opens a new upload session.
+func (u *layerUpload) start(ctx context.Context) error {
+	sess, err := upload.Start(ctx, u.client, u.base)
+	if err != nil {
+		return err
+	}
+	u.sess, u.confirmed = sess, 0
+	u.sent.Store(0)
+	return nil
+}
+
+// send uploads the layer from byte from on, its hash going on from cp.
+func (u *layerUpload) send(ctx context.Context, cp layer.Checkpoint, from int64) error {
+	var rc io.ReadCloser
+	var err error
+	if from == 0 && u.resumes == 0 {
+		rc, err = u.l.Compressed() // the first read: the source already open
+	} else {
+		rc, err = u.l.OpenFrom(cp, from, func(off int64) (io.ReadCloser, error) { return u.reopen(ctx, off) })
+	}
+	if err != nil {
+		return err
+	}
+	defer rc.Close()
+	u.sent.Store(from)
+	if _, err := u.sess.Send(ctx, &sentCounter{rc, &u.sent}, from, u.size-from); err != nil {
+		return err
+	}
+	if _, err := u.l.Digest(); err != nil {
+		// The transport stopped at the length: read the end, where the
+		// layer checks its source and records its digest.
+		if _, err := io.Copy(io.Discard, rc); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// reopen reads the disk again from disk byte off, counted for progress
+// from there: the progress does not go back to zero on a resume.
+func (u *layerUpload) reopen(ctx context.Context, off int64) (io.ReadCloser, error) {
+	if off > 0 {
+		if !u.d.resumable {
+			return nil, fmt.Errorf("the disk cannot be read again from byte %d", off) // resync never asks
+		}
+		u.sums.resumed()
+	}
+	u.log.Warn("reading the disk again for an upload retry", "from", off)
+	rc, err := u.d.reopen(ctx, off)
+	if err != nil {
+		return nil, err
+	}
+	u.prog.bytes.Store(off)
+	return readCloser{countingReader{rc, &u.prog.bytes}, rc}, nil
+}
+
+// resync asks the registry where the upload stands after failure and says
+// where to go on from: there, when its answer is consistent with what was
+// confirmed and sent, or from the start of a fresh upload. A disk that
+// cannot be read again from the middle is read from its start, and only
+// what the registry lacks is sent.
+func (u *layerUpload) resync(ctx context.Context, failure error) (int64, layer.Checkpoint, error) {
+	stored, err := u.sess.Stored(ctx)
+	if err == nil {
+		err = upload.Consistent(stored, u.confirmed, u.sent.Load())
+	}
+	if err != nil {
+		if ctx.Err() != nil {
+			return 0, layer.Checkpoint{}, ctx.Err()
+		}
+		return u.fresh(ctx, fmt.Errorf("%w (after: %w)", err, failure))
+	}
+	u.confirmed, u.from = stored, stored
+	cp := layer.Checkpoint{}
+	if u.d.resumable {
+		cp = u.cps.at(stored)
+	}
+	u.log.Warn("the upload failed; going on where the registry stands", "failure", failure,
+		"stored", stored, "size", u.size, "rehashed_from", cp.Offset)
+	return stored, cp, nil
+}
+
+// fresh gives up the upload session, which cannot go on (why), and starts
+// another, from the first byte.
+func (u *layerUpload) fresh(ctx context.Context, why error) (int64, layer.Checkpoint, error) {
+	u.log.Warn("the upload cannot go on where it stopped; starting a fresh upload", "reason", why)
+	u.sess.Cancel(ctx)
+	u.from = 0
+	return 0, layer.Checkpoint{}, u.start(ctx)
+}
+
+// commit finishes the upload under the layer's digest, which the registry
+// checks.
+func (u *layerUpload) commit(ctx context.Context) error {
+	digest, err := u.l.Digest()
+	if err != nil {
+		return fmt.Errorf("the layer ended without its digest: %w", err)
+	}
+	return u.sess.Commit(ctx, digest.String())
+}
+
+// sentCounter counts the bytes of the layer handed to the connection,
+// from the offset it started at.
+type sentCounter struct {
+	r    io.Reader
+	sent *atomic.Int64
+}
+
+func (c *sentCounter) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.sent.Add(int64(n))
+	return n, err
+}
