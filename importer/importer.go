@@ -217,6 +217,14 @@ func run(ctx context.Context, s *settings, log *slog.Logger, prog *tracker) (*Re
 		return nil, uploadError(ctx, registry, err)
 	}
 	up.cps, up.sums = &cps, sums
+	if s.CheckpointFile != "" {
+		up.attachFile(s.CheckpointFile, checkpointRecord{
+			Version: checkpointVersion, Repository: s.ref.Context().Name(),
+			Source: src.display, Validator: src.validator,
+			Layer: layerIdentity{DiskName: diskName, DiskSize: d.size, Size: size, HashDisk: sums.hashDisk(),
+				Format: string(d.format), Converted: s.ConvertRaw && d.qcow2 != nil && d.format == "raw"},
+		})
+	}
 	if err := up.run(ctx); err != nil {
 		return nil, uploadError(ctx, registry, err)
 	}

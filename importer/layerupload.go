@@ -22,6 +22,12 @@ import (
 // flight (buffers, socket, the registry's own).
 const keptCheckpoints = 4
 
+// maxMismatches is how many times in a row the registry may refuse the
+// offset it said it stood at before the upload starts over: right after a
+// dropped connection it may still be storing what it received (Quay
+// always reports one byte more than it holds).
+const maxMismatches = 2
+
 // layerUpload is the upload of the disk layer: one streamed PATCH with its
 // length, and after a failure, as the registry says where the upload
 // stands, the rest from there. The layer's hash goes on from the newest
@@ -37,6 +43,10 @@ type layerUpload struct {
 	base   *url.URL
 	size   int64 // of the layer blob
 	cps    *checkpoints
+	// file, when set, carries the upload to a later process; want is
+	// what its record must say of the source and the layer.
+	file *checkpointFile
+	want checkpointRecord
 
 	sess      *upload.Session
 	confirmed int64        // what the registry last said it stored
@@ -50,6 +60,9 @@ type layerUpload struct {
 type checkpoints struct {
 	mu   sync.Mutex
 	kept []layer.Checkpoint
+	// file, when set, is written with the checkpoints kept.
+	file *checkpointFile
+	log  *slog.Logger
 }
 
 func (c *checkpoints) add(cp layer.Checkpoint) {
@@ -59,6 +72,25 @@ func (c *checkpoints) add(cp layer.Checkpoint) {
 	if len(c.kept) > keptCheckpoints {
 		c.kept = c.kept[1:]
 	}
+	if c.file != nil {
+		if err := c.file.add(append([]layer.Checkpoint(nil), c.kept...)); err != nil {
+			c.log.Warn("writing the checkpoint file", "path", c.file.path, "error", err)
+		}
+	}
+}
+
+// seed keeps the checkpoints of an earlier process.
+func (c *checkpoints) seed(kept []layer.Checkpoint) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.kept = append(c.kept, kept...)
+}
+
+// snapshot is a copy of the checkpoints kept.
+func (c *checkpoints) snapshot() []layer.Checkpoint {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return append([]layer.Checkpoint(nil), c.kept...)
 }
 
 // at is the newest checkpoint at or before offset, or the start.
@@ -96,10 +128,11 @@ func newLayerUpload(ctx context.Context, s *settings, log *slog.Logger, prog *tr
 
 // run uploads the layer and commits it under its digest.
 func (u *layerUpload) run(ctx context.Context) error {
-	if err := u.start(ctx); err != nil {
+	from, cp, err := u.begin(ctx)
+	if err != nil {
 		return err
 	}
-	from, cp := int64(0), layer.Checkpoint{}
+	mismatches := 0 // in a row: a registry may still be storing what it got
 	for failures := 0; ; failures++ {
 		err := u.send(ctx, cp, from)
 		if err == nil {
@@ -116,11 +149,17 @@ func (u *layerUpload) run(ctx context.Context) error {
 		case errors.Is(err, upload.ErrRedirected):
 			// The same bytes, to the new location.
 			u.log.Warn("the registry redirected the upload; sending again", "from", from)
-		case errors.Is(err, upload.ErrOffsetMismatch), errors.Is(err, upload.ErrOffsetInconsistent):
+		case errors.Is(err, upload.ErrOffsetInconsistent),
+			errors.Is(err, upload.ErrOffsetMismatch) && (from == 0 || mismatches >= maxMismatches):
 			if from, cp, err = u.fresh(ctx, err); err != nil {
 				return err
 			}
 		default:
+			if errors.Is(err, upload.ErrOffsetMismatch) {
+				mismatches++
+			} else {
+				mismatches = 0
+			}
 			if from, cp, err = u.resync(ctx, err); err != nil {
 				return err
 			}
@@ -135,6 +174,67 @@ func (u *layerUpload) retryable(err error) bool {
 		errors.Is(err, upload.ErrOffsetMismatch) || errors.Is(err, upload.ErrOffsetInconsistent)
 }
 
+// attachFile makes the upload write its checkpoints to the file at path,
+// and go on with the upload it names when it is of want. A source that
+// cannot be told apart from another version gets no file.
+func (u *layerUpload) attachFile(path string, want checkpointRecord) {
+	if want.Validator == "" {
+		u.log.Warn("writing no checkpoint file: the source has no validator (ETag, Last-Modified, digest) to tell a later run it reads the same bytes", "path", path)
+		return
+	}
+	u.file, u.want = &checkpointFile{path: path}, want
+	u.cps.file, u.cps.log = u.file, u.log
+}
+
+// begin goes on with the upload the checkpoint file names, when there is
+// one and it fits, or starts a new one. It returns where to send from and
+// the checkpoint to hash from.
+func (u *layerUpload) begin(ctx context.Context) (int64, layer.Checkpoint, error) {
+	if u.file == nil {
+		return 0, layer.Checkpoint{}, u.start(ctx)
+	}
+	rec, err := u.file.load(u.want)
+	if err == nil && rec != nil {
+		var from int64
+		var cp layer.Checkpoint
+		if from, cp, err = u.attach(ctx, rec); err == nil {
+			return from, cp, nil
+		}
+	}
+	if err != nil {
+		if ctx.Err() != nil {
+			return 0, layer.Checkpoint{}, ctx.Err()
+		}
+		u.log.Warn("not going on with the upload of the checkpoint file; starting a fresh one", "path", u.file.path, "reason", err)
+	}
+	return 0, layer.Checkpoint{}, u.start(ctx)
+}
+
+// attach goes on with the upload rec names, where the registry stands.
+func (u *layerUpload) attach(ctx context.Context, rec *checkpointRecord) (int64, layer.Checkpoint, error) {
+	sess, err := upload.Attach(u.client, rec.Location)
+	if err != nil {
+		return 0, layer.Checkpoint{}, err
+	}
+	stored, err := sess.Stored(ctx)
+	if err == nil {
+		err = upload.Consistent(stored, 0, u.size)
+	}
+	if err != nil {
+		return 0, layer.Checkpoint{}, err
+	}
+	u.sess, u.confirmed, u.from, u.resumes = sess, stored, stored, 1
+	u.sent.Store(stored)
+	u.cps.seed(rec.Checkpoints)
+	cp := layer.Checkpoint{}
+	if u.d.resumable {
+		cp = u.cps.at(stored)
+	}
+	u.log.Info("going on with the upload of an earlier run", "path", u.file.path, "stored", stored, "size", u.size, "rehashed_from", cp.Offset)
+	u.record()
+	return stored, cp, nil
+}
+
 // start opens a new upload session.
 func (u *layerUpload) start(ctx context.Context) error {
 	sess, err := upload.Start(ctx, u.client, u.base)
@@ -143,7 +243,28 @@ func (u *layerUpload) start(ctx context.Context) error {
 	}
 	u.sess, u.confirmed = sess, 0
 	u.sent.Store(0)
+	u.record()
 	return nil
+}
+
+// record writes the checkpoint file for the session's location, or stops
+// writing it, saying why, when the location holds what may be a
+// credential.
+func (u *layerUpload) record() {
+	if u.file == nil || u.file.off {
+		return
+	}
+	if err := upload.Checkpointable(u.sess.Location(), u.s.ref.RegistryStr()); err != nil {
+		u.log.Warn("writing no checkpoint file", "path", u.file.path, "reason", err)
+		u.file.off = true
+		return
+	}
+	rec := u.want
+	rec.Location = u.sess.Location()
+	rec.Checkpoints = u.cps.snapshot()
+	if err := u.file.set(rec); err != nil {
+		u.log.Warn("writing the checkpoint file", "path", u.file.path, "error", err)
+	}
 }
 
 // send uploads the layer from byte from on, its hash going on from cp.
@@ -214,6 +335,7 @@ func (u *layerUpload) resync(ctx context.Context, failure error) (int64, layer.C
 	}
 	u.log.Warn("the upload failed; going on where the registry stands", "failure", failure,
 		"stored", stored, "size", u.size, "rehashed_from", cp.Offset)
+	u.record()
 	return stored, cp, nil
 }
 
@@ -233,7 +355,15 @@ func (u *layerUpload) commit(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("the layer ended without its digest: %w", err)
 	}
-	return u.sess.Commit(ctx, digest.String())
+	if err := u.sess.Commit(ctx, digest.String()); err != nil {
+		return err
+	}
+	if u.file != nil {
+		if err := u.file.remove(); err != nil {
+			u.log.Warn("removing the checkpoint file", "path", u.file.path, "error", err)
+		}
+	}
+	return nil
 }
 
 // sentCounter counts the bytes of the layer handed to the connection,

@@ -278,6 +278,14 @@ type Options struct {
 	// type instead of OCI ones. False: OCI.
 	DockerMediaTypes bool
 
+	// CheckpointFile, when set, is a file where the layer upload's
+	// location and hash checkpoints are kept as it goes: a later run with
+	// the same source, destination and settings goes on with that upload
+	// where the registry stands instead of starting over. The file holds
+	// no credential (none is written when the upload's location would);
+	// it is removed once the layer is committed. Empty: none.
+	CheckpointFile string
+
 	// CheckpointInterval is how many bytes of the layer go by between two
 	// checkpoints of its hash, from which an upload that failed goes on
 	// where the registry stands (at most this many bytes are read again

@@ -50,7 +50,7 @@ func openRegistry(ctx context.Context, o *settings, ref string) (*source, io.Rea
 	if err != nil {
 		return nil, nil, err
 	}
-	src := &source{display: display, size: d.Size, open: open, digest: d.Ref.DigestStr()}
+	src := &source{display: display, size: d.Size, open: open, digest: d.Ref.DigestStr(), validator: d.Layer.Digest.String() + " " + d.Path}
 	if !d.Compressed() {
 		src.readerAt = func(ctx context.Context) io.ReaderAt { return sourceReaderAt{d.ReaderAt(ctx), display} }
 	}

@@ -36,6 +36,11 @@ type source struct {
 	readerAt func(ctx context.Context) io.ReaderAt
 	// digest is the manifest digest of a docker:// source.
 	digest string
+	// validator names the version of the source that is read (an ETag,
+	// a layer digest, a file's identity and modification time), for a
+	// later process to tell whether it reads the same; "" when it cannot
+	// be told.
+	validator string
 }
 
 // errFromStart: a source can be read again only from its first byte (it
@@ -97,17 +102,22 @@ func openFileContext(ctx context.Context, path string) (*source, io.ReadCloser, 
 	if err != nil {
 		size = -1
 	}
+	version := ""
+	if fi.Mode().IsRegular() {
+		version = fileVersion(fi)
+	}
 	src := &source{
-		display: path,
-		size:    size,
+		display:   path,
+		size:      size,
+		validator: version,
 		open: func(_ context.Context, off int64) (io.ReadCloser, error) {
 			f, err := os.Open(path)
 			if err != nil {
 				return nil, err
 			}
-			if fi, err := f.Stat(); err == nil && fi.Mode().IsRegular() && fi.Size() != size {
+			if fi, err := f.Stat(); err == nil && fi.Mode().IsRegular() && fileVersion(fi) != version {
 				f.Close()
-				return nil, fmt.Errorf("%w: %s was %d bytes and is now %d", ErrSourceChanged, path, size, fi.Size())
+				return nil, fmt.Errorf("%w: %s was %s and is now %s", ErrSourceChanged, path, version, fileVersion(fi))
 			}
 			if _, err := f.Seek(off, io.SeekStart); err != nil {
 				f.Close()
@@ -120,6 +130,17 @@ func openFileContext(ctx context.Context, path string) (*source, io.ReadCloser, 
 		src.readerAt = func(context.Context) io.ReaderAt { return f }
 	}
 	return src, f, nil
+}
+
+// fileVersion names the version of a regular file: its device, inode,
+// size and modification time. A file rewritten in place, or replaced, has
+// another.
+func fileVersion(fi fs.FileInfo) string {
+	v := fmt.Sprintf("%d bytes, modified %s", fi.Size(), fi.ModTime().UTC().Format(time.RFC3339Nano))
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+		v = fmt.Sprintf("inode %d:%d, %s", st.Dev, st.Ino, v)
+	}
+	return v
 }
 
 // blocking clears the O_NONBLOCK f was opened with.
@@ -241,8 +262,9 @@ func openHTTP(ctx context.Context, o *settings, u *url.URL) (*source, io.ReadClo
 		return nil, nil, ClassifySource(display, err)
 	}
 	src := &source{
-		display: display,
-		size:    obj.Size(),
+		display:   display,
+		size:      obj.Size(),
+		validator: obj.Validator(),
 		open: func(ctx context.Context, off int64) (io.ReadCloser, error) {
 			if off == 0 {
 				return sourceReader{obj.NewReader(ctx, nil), display}, nil

@@ -83,6 +83,7 @@ func importFlags(o *importer.Options, c *cliOptions) *pflag.FlagSet {
 	fs.StringVar(&o.DiskName, "disk-name", "", "file name of the disk under disk/ (default disk.img, disk.qcow2 or disk.iso)")
 	addPlatformFlag(fs, &o.Platform, "image platform, and the image of a docker:// index to read")
 	fs.BoolVar(&o.DockerMediaTypes, "docker-media-types", false, "write Docker v2 media types instead of OCI")
+	fs.StringVar(&o.CheckpointFile, "checkpoint", "", "file to keep the layer upload's place in: a rerun with the same file, source, destination and settings goes on where the registry stands (no credential is written; removed on success)")
 	addCheckpointIntervalFlag(fs, &o.CheckpointInterval)
 	fs.DurationVar(&o.ProgressInterval, "progress-interval", 0, "how often to log progress when stderr is not a terminal (default 5s); also how often the metrics are updated")
 	addCommonFlags(fs, &c.commonCLI, true)

@@ -300,6 +300,16 @@ func (o *Object) Resumable() bool {
 	return o.ranged && o.size > 0 && (o.validator != "" || o.opts.Immutable)
 }
 
+// Validator names the version of the object that was read: its strong
+// ETag or Last-Modified, and its length; "" when it has neither (it cannot
+// be told apart from another version).
+func (o *Object) Validator() string {
+	if o.validator == "" || o.size < 0 {
+		return ""
+	}
+	return o.validator + "; " + strconv.FormatInt(o.size, 10) + " bytes"
+}
+
 // Redirected tells whether the first GET was redirected; requests go
 // straight to where it ended.
 func (o *Object) Redirected() bool {
