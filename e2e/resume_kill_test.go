@@ -209,7 +209,7 @@ func zstdSource(t *testing.T, size int64) (string, *atomic.Int64) {
 	var served atomic.Int64
 	s := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("ETag", `"resume-disk-zst"`)
-		http.ServeContent(&countingWriter2{w, &served}, r, "disk.img.zst", time.Unix(0, 0), bytes.NewReader(data))
+		http.ServeContent(&killCountingWriter{ResponseWriter: w, n: &served}, r, "disk.img.zst", time.Unix(0, 0), bytes.NewReader(data))
 	}))
 	t.Cleanup(s.Close)
 	return s.URL + "/disk.img.zst", &served

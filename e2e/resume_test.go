@@ -84,22 +84,10 @@ func countingSource(t *testing.T, size int64) (string, *atomic.Int64) {
 	var served atomic.Int64
 	s := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("ETag", `"resume-disk"`)
-		http.ServeContent(&countingWriter2{w, &served}, r, "disk.img", time.Unix(0, 0), disk.Reader())
+		http.ServeContent(&killCountingWriter{ResponseWriter: w, n: &served}, r, "disk.img", time.Unix(0, 0), disk.Reader())
 	}))
 	t.Cleanup(s.Close)
 	return s.URL + "/disk.img", &served
-}
-
-// countingWriter2 counts what a handler writes.
-type countingWriter2 struct {
-	http.ResponseWriter
-	n *atomic.Int64
-}
-
-func (c *countingWriter2) Write(p []byte) (int, error) {
-	n, err := c.ResponseWriter.Write(p)
-	c.n.Add(int64(n))
-	return n, err
 }
 
 // layerDigest is the digest of the layer diskimporter makes of the
