@@ -62,10 +62,6 @@ var ErrSizeMismatch = reason.ErrSourceTruncated
 // ErrCheckpoint: a Checkpoint given to OpenFrom is not one of this layer.
 var ErrCheckpoint = errors.New("the checkpoint does not fit the layer")
 
-// Opener re-opens the disk source from its first byte. It must be safe to
-// call while a reader returned earlier is still open.
-type Opener func() (io.ReadCloser, error)
-
 // Layer is a v1.Layer whose blob is an uncompressed tar stream holding one
 // disk file. Create it with New. It must be used through its pointer.
 type Layer struct {
@@ -73,7 +69,6 @@ type Layer struct {
 	diskName  string
 	header    []byte
 	mediaType types.MediaType
-	reopen    Opener
 	onContent func(v1.Hash)
 	bufSize   int
 	buffers   int
@@ -116,17 +111,6 @@ func WithMediaType(mt types.MediaType) Option {
 				mt, types.OCIUncompressedLayer, types.DockerUncompressedLayer)
 		}
 		l.mediaType = mt
-		return nil
-	}
-}
-
-// WithReopen lets Compressed and Uncompressed be called more than once: every
-// call after the first reads the disk again from open. Without it a second
-// call returns stream.ErrConsumed. go-containerregistry uses the second call
-// to retry an upload and to follow a 307 redirect of the upload.
-func WithReopen(open Opener) Option {
-	return func(l *Layer) error {
-		l.reopen = open
 		return nil
 	}
 }
@@ -251,8 +235,10 @@ func (l *Layer) Size() (int64, error) {
 // MediaType returns the layer's media type.
 func (l *Layer) MediaType() (types.MediaType, error) { return l.mediaType, nil }
 
-// Compressed returns the tar stream. The blob is not compressed, so this is
-// the same stream as Uncompressed.
+// Compressed returns the tar stream, once: a second call (of it or of
+// Uncompressed) fails with stream.ErrConsumed; OpenFrom reads the stream
+// again. The blob is not compressed, so this is the same stream as
+// Uncompressed.
 func (l *Layer) Compressed() (io.ReadCloser, error) { return l.open() }
 
 // Uncompressed returns the tar stream.
@@ -264,15 +250,8 @@ func (l *Layer) open() (io.ReadCloser, error) {
 	first := !l.opened
 	l.first, l.opened = nil, true
 	l.mu.Unlock()
-
 	if !first {
-		if l.reopen == nil {
-			return nil, stream.ErrConsumed
-		}
-		var err error
-		if src, err = l.reopen(); err != nil {
-			return nil, fmt.Errorf("re-opening disk source: %w", err)
-		}
+		return nil, stream.ErrConsumed // OpenFrom reads it again
 	}
 	return newReader(l, src, start{}), nil
 }
