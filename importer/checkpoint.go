@@ -6,9 +6,9 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 	"sync"
 
+	"github.com/diskimporter/diskimporter/importer/atomicfile"
 	"github.com/diskimporter/diskimporter/layer"
 )
 
@@ -123,8 +123,7 @@ func (c *checkpointFile) add(kept []layer.Checkpoint) error {
 	return c.write()
 }
 
-// write replaces the file with the record: a new file of a random name
-// beside it, synced, then renamed over it.
+// write replaces the file with the record, whole.
 func (c *checkpointFile) write() error {
 	if c.off {
 		return nil
@@ -133,30 +132,8 @@ func (c *checkpointFile) write() error {
 	if err != nil {
 		return err
 	}
-	tmp, err := os.CreateTemp(filepath.Dir(c.path), filepath.Base(c.path)+".*")
-	if err != nil {
-		return err
-	}
-	_, err = tmp.Write(append(b, '\n'))
-	if err == nil {
-		err = tmp.Sync()
-	}
-	if cerr := tmp.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp.Name(), c.path)
-	}
-	if err != nil {
-		os.Remove(tmp.Name())
-	}
-	return err
+	return atomicfile.Write(c.path, append(b, '\n'))
 }
 
 // remove deletes the file, once the upload it describes is committed.
-func (c *checkpointFile) remove() error {
-	if err := os.Remove(c.path); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return err
-	}
-	return nil
-}
+func (c *checkpointFile) remove() error { return atomicfile.Remove(c.path) }

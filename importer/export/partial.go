@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/diskimporter/diskimporter/importer/atomicfile"
 	"github.com/diskimporter/diskimporter/importer/blob"
 )
 
@@ -77,7 +78,7 @@ func (e *exporter) toFile(ctx context.Context) error {
 		if errors.Is(err, blob.ErrDigest) {
 			// Removed under the lock, so that no other export takes
 			// them for its own.
-			os.Remove(statePath)
+			atomicfile.Remove(statePath)
 			os.Remove(partial)
 		}
 		return err
@@ -148,7 +149,7 @@ func (e *exporter) resume(ctx context.Context, o *fileOut) (io.ReadCloser, hashS
 // startOver empties the partial file and removes its state file, which
 // goes first: it must never describe a file that is being started over.
 func (e *exporter) startOver(o *fileOut) error {
-	if err := os.Remove(o.statePath); err != nil && !errors.Is(err, os.ErrNotExist) {
+	if err := atomicfile.Remove(o.statePath); err != nil {
 		return fmt.Errorf("%w: %w", ErrOutput, err)
 	}
 	if err := o.f.Truncate(0); err != nil {
@@ -251,7 +252,7 @@ func (e *exporter) finish(f *os.File, o *fileOut, partial, statePath string) err
 	if err := os.Rename(partial, path); err != nil {
 		return fmt.Errorf("%w: %w", ErrOutput, err)
 	}
-	if err := os.Remove(statePath); err != nil && !errors.Is(err, os.ErrNotExist) {
+	if err := atomicfile.Remove(statePath); err != nil {
 		e.log.Warn("removing the state file", "path", statePath, "error", err)
 	}
 	syncDir(filepath.Dir(path))
@@ -259,31 +260,6 @@ func (e *exporter) finish(f *os.File, o *fileOut, partial, statePath string) err
 		e.res.AllocatedBytes = &n
 	}
 	return nil
-}
-
-// writeFileAtomic replaces path with b: written to a new temporary file
-// of a random name beside it (created, never opened through a link),
-// private, synced, renamed over path.
-func writeFileAtomic(path string, b []byte) error {
-	f, err := os.CreateTemp(filepath.Dir(path), filepath.Base(path)+".*.tmp")
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	_, err = f.Write(b)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, path)
-	}
-	if err != nil {
-		os.Remove(tmp)
-	}
-	return err
 }
 
 // syncDir makes a rename in dir durable, as far as the system allows.

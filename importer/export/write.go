@@ -12,6 +12,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/diskimporter/diskimporter/importer/atomicfile"
+
 	"github.com/diskimporter/diskimporter/importer/blob"
 )
 
@@ -312,7 +314,7 @@ func (o *fileOut) checkpoint(done int64, state []byte) error {
 	if err != nil {
 		return err
 	}
-	if err := writeFileAtomic(o.statePath, append(b, '\n')); err != nil {
+	if err := atomicfile.Write(o.statePath, append(b, '\n')); err != nil {
 		return fmt.Errorf("%w: %w", ErrOutput, err)
 	}
 	return nil
