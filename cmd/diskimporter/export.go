@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"errors"
-	"fmt"
 	"io"
 	"os"
 	"strings"
@@ -72,16 +71,8 @@ func runExport(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	var c exportCLI
 	s := newSession("export", stdout, stderr)
 	fs := exportFlags(&o, &c)
-	fs.SetOutput(stderr)
-	fs.Usage = func() { fmt.Fprint(stderr, exportUsage+fs.FlagUsages()) }
-	if _, code, ok := s.parse(fs, args, nil, "source", "output"); !ok {
-		return code
-	}
-	s.secret(o.Password)
-	if err := c.check(&o, stdout); err != nil {
-		return s.usageError(err)
-	}
-	if code, ok := s.start(c.commonCLI, true); !ok {
+	check := func(map[string]bool) error { s.secret(o.Password); return c.check(&o, stdout) }
+	if code, ok := s.prepare(fs, exportUsage, args, nil, check, &c.commonCLI, true, "source", "output"); !ok {
 		return code
 	}
 	o.Logger = s.logger

@@ -157,6 +157,29 @@ func addSourceFlags(fs *pflag.FlagSet, s *importer.SourceOptions, c *sourceCLI) 
 	fs.BoolVar(&s.SourcePlainHTTP, "source-plain-http", false, "allow plain http to a docker:// source's registry (never by default, even on loopback)")
 }
 
+// apply moves the source flags that need parsing into o and checks the
+// source (missing names what to give, as import or inspect takes it);
+// every secret it finds is made known to s.
+func (c *sourceCLI) apply(o *importer.SourceOptions, fromEnv map[string]bool, s *session, missing string) error {
+	if o.Source == "" {
+		return errors.New(missing)
+	}
+	if err := importer.CheckSource(o.Source); err != nil {
+		return err
+	}
+	var err error
+	if o.SourceHeaders, err = c.headers(fromEnv["source-header"]); err != nil {
+		return err
+	}
+	for _, vs := range o.SourceHeaders {
+		for _, v := range vs {
+			s.secret(v)
+		}
+	}
+	s.secret(o.SourcePassword)
+	return nil
+}
+
 // addPlatformFlag registers --platform.
 func addPlatformFlag(fs *pflag.FlagSet, p *string, usage string) {
 	fs.StringVar(p, "platform", "linux/amd64", usage+", os/arch[/variant]")

@@ -95,19 +95,11 @@ func runImport(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	var c cliOptions
 	s := newSession("import", stdout, stderr)
 	fs := importFlags(&o, &c)
-	fs.SetOutput(stderr)
-	fs.Usage = func() { fmt.Fprint(stderr, importUsage+fs.FlagUsages()) }
 	// An unquoted --source-header 'Name: value' leaves its value as
 	// arguments: what is wrong with the header is said first.
 	explain := func() error { _, err := c.headers(false); return err }
-	fromEnv, code, ok := s.parse(fs, args, explain, "source", "destination")
-	if !ok {
-		return code
-	}
-	if err := c.check(&o, fromEnv, s); err != nil {
-		return s.usageError(err)
-	}
-	if code, ok := s.start(c.commonCLI, true); !ok {
+	check := func(fromEnv map[string]bool) error { return c.check(&o, fromEnv, s) }
+	if code, ok := s.prepare(fs, importUsage, args, explain, check, &c.commonCLI, true, "source", "destination"); !ok {
 		return code
 	}
 	o.Logger = s.logger
@@ -138,25 +130,12 @@ func runImportWith(ctx context.Context, s *session, o *importer.Options) (res *i
 // check moves the flags that need parsing into o, and refuses values the
 // importer cannot use. Every secret it finds is made known to s.
 func (c *cliOptions) check(o *importer.Options, fromEnv map[string]bool, s *session) error {
-	var err error
-	if o.SourceHeaders, err = c.headers(fromEnv["source-header"]); err != nil {
-		return err
-	}
-	for _, vs := range o.SourceHeaders {
-		for _, v := range vs {
-			s.secret(v)
-		}
-	}
 	s.secret(o.Password)
-	s.secret(o.SourcePassword)
-	switch {
-	case o.Source == "":
-		return errors.New("missing SOURCE: give it as the first argument or --source")
-	case o.Destination == "":
-		return errors.New("missing DESTINATION: give it as the second argument or --destination (REGISTRY/REPO:TAG)")
-	}
-	if err := importer.CheckSource(o.Source); err != nil {
+	if err := c.sourceCLI.apply(&o.SourceOptions, fromEnv, s, "missing SOURCE: give it as the first argument or --source"); err != nil {
 		return err
+	}
+	if o.Destination == "" {
+		return errors.New("missing DESTINATION: give it as the second argument or --destination (REGISTRY/REPO:TAG)")
 	}
 	if err := checkReadFlags(&o.ReadOptions); err != nil {
 		return err

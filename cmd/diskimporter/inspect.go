@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"strconv"
@@ -71,16 +70,8 @@ func runInspect(ctx context.Context, args []string, stdout, stderr io.Writer) in
 	var c inspectCLI
 	s := newSession("inspect", stdout, stderr)
 	fs := inspectFlags(&o, &c)
-	fs.SetOutput(stderr)
-	fs.Usage = func() { fmt.Fprint(stderr, inspectUsage+fs.FlagUsages()) }
-	fromEnv, code, ok := s.parse(fs, args, nil, "source")
-	if !ok {
-		return code
-	}
-	if err := c.check(&o, fromEnv, s); err != nil {
-		return s.usageError(err)
-	}
-	if code, ok := s.start(c.commonCLI, false); !ok {
+	check := func(fromEnv map[string]bool) error { return c.check(&o, fromEnv, s) }
+	if code, ok := s.prepare(fs, inspectUsage, args, nil, check, &c.commonCLI, false, "source"); !ok {
 		return code
 	}
 	o.Logger = s.logger
@@ -110,22 +101,9 @@ func runInspect(ctx context.Context, args []string, stdout, stderr io.Writer) in
 // check moves the inspect flags that need parsing into o, and refuses
 // values the inspection cannot use.
 func (c *inspectCLI) check(o *importer.InspectOptions, fromEnv map[string]bool, s *session) error {
-	if o.Source == "" {
-		return errors.New("missing SOURCE: give it as the argument or --source")
-	}
-	if err := importer.CheckSource(o.Source); err != nil {
+	if err := c.sourceCLI.apply(&o.SourceOptions, fromEnv, s, "missing SOURCE: give it as the argument or --source"); err != nil {
 		return err
 	}
-	var err error
-	if o.SourceHeaders, err = c.headers(fromEnv["source-header"]); err != nil {
-		return err
-	}
-	for _, vs := range o.SourceHeaders {
-		for _, v := range vs {
-			s.secret(v)
-		}
-	}
-	s.secret(o.SourcePassword)
 	rs := importer.ReadOptions{Connections: 1, Retries: o.Retries, StallTimeout: o.StallTimeout}
 	if err := checkReadFlags(&rs); err != nil {
 		return err

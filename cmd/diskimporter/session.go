@@ -299,6 +299,24 @@ func (s *session) parse(fs *pflag.FlagSet, args []string, explain func() error, 
 	return nil, s.usageError(err), false
 }
 
+// prepare parses args into fs (usage: the command's help, shown with its
+// flags for --help), checks them with check, and starts the session with
+// common; live says whether the command draws a progress line. ok false:
+// the command ends with code (--help, a usage error).
+func (s *session) prepare(fs *pflag.FlagSet, usage string, args []string, explain func() error,
+	check func(fromEnv map[string]bool) error, common *commonCLI, live bool, positional ...string) (code int, ok bool) {
+	fs.SetOutput(s.stderr)
+	fs.Usage = func() { fmt.Fprint(s.stderr, usage+fs.FlagUsages()) }
+	fromEnv, code, ok := s.parse(fs, args, explain, positional...)
+	if !ok {
+		return code, false
+	}
+	if err := check(fromEnv); err != nil {
+		return s.usageError(err), false
+	}
+	return s.start(*common, live)
+}
+
 // start sets the session up once the command's flags are checked: the
 // common flags, the console and the logger. live says whether the command
 // draws a progress line.
