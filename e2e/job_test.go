@@ -87,6 +87,8 @@ func TestJobManifestRunsTheBinary(t *testing.T) {
 		"DISKIMPORTER_DESTINATION":     reg.Addr + "/" + repo + ":v1",
 		"DISKIMPORTER_PPROF_ADDRESS":   freeAddr(t),
 		"DISKIMPORTER_METRICS_ADDRESS": freeAddr(t),
+		// Where the checkpoint claim is mounted, here.
+		"DISKIMPORTER_CHECKPOINT": filepath.Join(t.TempDir(), "upload.json"),
 	}
 	fields := map[string]string{"metadata.name": "diskimporter-abcde", "metadata.namespace": "vms"}
 
@@ -137,6 +139,13 @@ func TestJobManifestRunsTheBinary(t *testing.T) {
 	}
 	if !bytes.Equal(bytes.TrimSpace(stdout.Bytes()), bytes.TrimSpace(msg)) {
 		t.Errorf("stdout %s and termination message %s differ", stdout.Bytes(), msg)
+	}
+	// The checkpoint was written to the claim and removed on success.
+	if _, err := os.Stat(overlay["DISKIMPORTER_CHECKPOINT"]); !os.IsNotExist(err) {
+		t.Errorf("the checkpoint file is still there after the import: %v", err)
+	}
+	if bytes.Contains(stderr.Bytes(), []byte("checkpoint file")) {
+		t.Errorf("the checkpoint file was not written as it should:\n%s", stderr.Bytes())
 	}
 	// Outside a cluster the pod annotations cannot be patched: that is
 	// logged, and the import succeeds all the same.

@@ -170,7 +170,7 @@ func TestManifestsDecodeStrictly(t *testing.T) {
 	for _, o := range objs {
 		kinds[o.obj.GetObjectKind().GroupVersionKind().Kind]++
 	}
-	for _, kind := range []string{"ServiceAccount", "Role", "RoleBinding", "Secret", "ConfigMap", "Job"} {
+	for _, kind := range []string{"ServiceAccount", "Role", "RoleBinding", "Secret", "ConfigMap", "PersistentVolumeClaim", "Job"} {
 		if kinds[kind] != 1 {
 			t.Errorf("%d %s objects, want 1", kinds[kind], kind)
 		}
