@@ -10,6 +10,7 @@ import (
 	"net/url"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 
@@ -355,8 +356,19 @@ func (u *layerUpload) commit(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("the layer ended without its digest: %w", err)
 	}
-	if err := u.sess.Commit(ctx, digest.String()); err != nil {
-		return err
+	for failures := 0; ; failures++ {
+		err := u.sess.Commit(ctx, digest.String())
+		if err == nil {
+			break
+		}
+		if ctx.Err() != nil || failures >= u.s.Retries || !upload.Transient(err) {
+			return err
+		}
+		// The PUT carries no body: asking again is cheap.
+		u.log.Warn("committing the upload failed; asking again", "error", err)
+		if err := sleep(ctx, time.Second<<failures); err != nil {
+			return err
+		}
 	}
 	if u.file != nil {
 		if err := u.file.remove(); err != nil {
@@ -377,4 +389,16 @@ func (c *sentCounter) Read(p []byte) (int, error) {
 	n, err := c.r.Read(p)
 	c.sent.Add(int64(n))
 	return n, err
+}
+
+// sleep waits d, or until ctx ends.
+func sleep(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
