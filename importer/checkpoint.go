@@ -9,6 +9,7 @@ import (
 	"sync"
 
 	"github.com/diskimporter/diskimporter/importer/atomicfile"
+	"github.com/diskimporter/diskimporter/importer/upload"
 	"github.com/diskimporter/diskimporter/layer"
 )
 
@@ -65,9 +66,13 @@ type checkpointFile struct {
 }
 
 // load reads the checkpoint file and returns its record when it is of
-// want (all but the location and checkpoints), nil when there is none,
-// or an error wrapping errCheckpointMismatch that says what differs.
-func (c *checkpointFile) load(want checkpointRecord) (*checkpointRecord, error) {
+// want (all but the location and checkpoints) and names an upload on
+// registry, nil when there is none, or an error wrapping
+// errCheckpointMismatch that says what differs. The file may have been
+// planted: its location is held to the rules of one this process would
+// write (upload.Checkpointable), so that the disk never goes to another
+// host.
+func (c *checkpointFile) load(want checkpointRecord, registry string) (*checkpointRecord, error) {
 	f, err := os.Open(c.path)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, nil
@@ -95,6 +100,9 @@ func (c *checkpointFile) load(want checkpointRecord) (*checkpointRecord, error) 
 		return nil, fmt.Errorf("%w: the layer was %+v, it is %+v", errCheckpointMismatch, rec.Layer, want.Layer)
 	case rec.Location == "":
 		return nil, fmt.Errorf("%w: it names no upload", errCheckpointMismatch)
+	}
+	if err := upload.Checkpointable(rec.Location, registry); err != nil {
+		return nil, fmt.Errorf("%w: %w", errCheckpointMismatch, err)
 	}
 	return &rec, nil
 }

@@ -19,7 +19,7 @@ func TestCheckpointFile(t *testing.T) {
 		Validator: `"etag"; 100 bytes`, Layer: layerIdentity{DiskName: "disk.img", DiskSize: 100, Size: 3072, Format: "raw"}}
 	path := filepath.Join(t.TempDir(), "checkpoint.json")
 	c := &checkpointFile{path: path}
-	if rec, err := c.load(want); rec != nil || err != nil {
+	if rec, err := c.load(want, "r.example"); rec != nil || err != nil {
 		t.Fatalf("no file: %v, %v; want nothing", rec, err)
 	}
 	saved := want
@@ -28,7 +28,7 @@ func TestCheckpointFile(t *testing.T) {
 	if err := c.set(saved); err != nil {
 		t.Fatal(err)
 	}
-	rec, err := c.load(want)
+	rec, err := c.load(want, "r.example")
 	if err != nil || rec.Location != saved.Location || len(rec.Checkpoints) != 1 || rec.Checkpoints[0].Offset != 1<<20 {
 		t.Fatalf("load: %+v, %v; want what was saved", rec, err)
 	}
@@ -41,7 +41,22 @@ func TestCheckpointFile(t *testing.T) {
 	} {
 		other := want
 		change(&other)
-		if _, err := c.load(other); !errors.Is(err, errCheckpointMismatch) {
+		if _, err := c.load(other, "r.example"); !errors.Is(err, errCheckpointMismatch) {
+			t.Errorf("%s: %v, want errCheckpointMismatch", name, err)
+		}
+	}
+	// A planted file naming an upload on another host, or with more in
+	// its query than _state, is not followed.
+	for name, loc := range map[string]string{
+		"another host":      "https://evil.example/v2/disks/x/blobs/uploads/u?_state=s",
+		"a query parameter": "https://r.example/v2/disks/x/blobs/uploads/u?_state=s&X-Amz-Signature=x",
+	} {
+		planted := saved
+		planted.Location = loc
+		if err := c.set(planted); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.load(want, "r.example"); !errors.Is(err, errCheckpointMismatch) {
 			t.Errorf("%s: %v, want errCheckpointMismatch", name, err)
 		}
 	}
@@ -53,7 +68,7 @@ func TestCheckpointFile(t *testing.T) {
 		if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := c.load(want); !errors.Is(err, errCheckpointMismatch) {
+		if _, err := c.load(want, "r.example"); !errors.Is(err, errCheckpointMismatch) {
 			t.Errorf("%s: %v, want errCheckpointMismatch", name, err)
 		}
 	}

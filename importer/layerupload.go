@@ -194,7 +194,7 @@ func (u *layerUpload) begin(ctx context.Context) (int64, layer.Checkpoint, error
 	if u.file == nil {
 		return 0, layer.Checkpoint{}, u.start(ctx)
 	}
-	rec, err := u.file.load(u.want)
+	rec, err := u.file.load(u.want, u.s.ref.RegistryStr())
 	if err == nil && rec != nil {
 		var from int64
 		var cp layer.Checkpoint
