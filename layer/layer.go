@@ -17,9 +17,6 @@ package layer
 import (
 	"archive/tar"
 	"bytes"
-	"crypto/sha256"
-	"encoding"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"hash"
@@ -29,6 +26,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/diskimporter/diskimporter/importer/hashstate"
 	"github.com/diskimporter/diskimporter/importer/reason"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/stream"
@@ -287,9 +285,9 @@ func (l *Layer) checkpoint(at, n int64, layer, disk hash.Hash) {
 	if l.onCheckpoint == nil || n == 0 || (at-n)/l.every == at/l.every {
 		return
 	}
-	cp := Checkpoint{Offset: at, Layer: marshalHash(layer)}
+	cp := Checkpoint{Offset: at, Layer: hashstate.Save(layer)}
 	if disk != nil {
-		cp.Disk = marshalHash(disk)
+		cp.Disk = hashstate.Save(disk)
 	}
 	l.onCheckpoint(cp)
 }
@@ -309,12 +307,12 @@ func (l *Layer) OpenFrom(cp Checkpoint, from int64, open func(diskOffset int64) 
 	}
 	st := start{at: cp, skip: from - cp.Offset}
 	var err error
-	if st.layer, err = restoreHash(cp.Layer, cp.Offset); err != nil {
-		return nil, err
+	if st.layer, err = hashstate.Restore(cp.Layer, cp.Offset); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrCheckpoint, err)
 	}
 	if l.onContent != nil {
-		if st.disk, err = restoreHash(cp.Disk, min(max(cp.Offset-h, 0), l.size)); err != nil {
-			return nil, fmt.Errorf("the disk's digest: %w", err)
+		if st.disk, err = hashstate.Restore(cp.Disk, min(max(cp.Offset-h, 0), l.size)); err != nil {
+			return nil, fmt.Errorf("%w: the disk's digest: %w", ErrCheckpoint, err)
 		}
 	}
 	l.mu.Lock()
@@ -327,29 +325,6 @@ func (l *Layer) OpenFrom(cp Checkpoint, from int64, open func(diskOffset int64) 
 		}
 	}
 	return newReader(l, src, st), nil
-}
-
-// marshalHash is the state of a crypto/sha256 hash.
-func marshalHash(h hash.Hash) []byte {
-	b, _ := h.(encoding.BinaryMarshaler).MarshalBinary() // sha256 never fails
-	return b
-}
-
-// restoreHash returns a sha256 hash in state, which must be the state after
-// n bytes; a nil state is a new hash, for n == 0.
-func restoreHash(state []byte, n int64) (hash.Hash, error) {
-	h := sha256.New()
-	if state == nil && n == 0 {
-		return h, nil
-	}
-	// crypto/sha256 ends its state with the count of bytes hashed.
-	if len(state) < 8 || binary.BigEndian.Uint64(state[len(state)-8:]) != uint64(n) {
-		return nil, fmt.Errorf("%w: the hash state is not one after %d bytes", ErrCheckpoint, n)
-	}
-	if err := h.(encoding.BinaryUnmarshaler).UnmarshalBinary(state); err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrCheckpoint, err)
-	}
-	return h, nil
 }
 
 // finish records the digest and size computed by a reader that reached a

@@ -4,12 +4,12 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
-	"encoding"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"hash"
 	"io"
+
+	"github.com/diskimporter/diskimporter/importer/hashstate"
 )
 
 // Errors of ResumableReader.
@@ -59,8 +59,9 @@ func (d *Disk) ResumableReader(ctx context.Context, done int64, state []byte) (*
 	h := sha256.New()
 	switch {
 	case state != nil:
-		if err := restoreHash(h, state, d.blobAt(done)); err != nil {
-			return nil, err
+		var err error
+		if h, err = hashstate.Restore(state, d.blobAt(done)); err != nil {
+			return nil, fmt.Errorf("%w: of the blob before this point: %w", ErrHashState, err)
 		}
 	case done > 0:
 		return nil, fmt.Errorf("%w: no state given for byte %d", ErrHashState, done)
@@ -76,20 +77,6 @@ func (d *Disk) ResumableReader(ctx context.Context, done int64, state []byte) (*
 	return &Resumable{d: d, h: h, r: r, end: d.Size}, nil
 }
 
-// restoreHash sets h to state, which must be a sha256 state after n bytes.
-func restoreHash(h hash.Hash, state []byte, n int64) error {
-	// crypto/sha256 ends its marshaled state with the count of bytes
-	// hashed, big-endian: a state of another position is refused here
-	// rather than found out as a digest mismatch after the whole read.
-	if len(state) < 8 || binary.BigEndian.Uint64(state[len(state)-8:]) != uint64(n) {
-		return fmt.Errorf("%w: it is not the state after the %d bytes of the blob before this point", ErrHashState, n)
-	}
-	if err := h.(encoding.BinaryUnmarshaler).UnmarshalBinary(state); err != nil {
-		return fmt.Errorf("%w: %w", ErrHashState, err)
-	}
-	return nil
-}
-
 // Read reads the disk's next bytes. After the disk's last byte it reads
 // the rest of the blob and checks the digest: the error is io.EOF when it
 // matches, ErrDigest when not.
@@ -103,7 +90,7 @@ func (r *Resumable) Position() int64 { return r.end - r.r.left }
 // for ResumableReader to go on from there. It must not be called while a
 // Read runs.
 func (r *Resumable) State() ([]byte, error) {
-	return r.h.(encoding.BinaryMarshaler).MarshalBinary()
+	return hashstate.Save(r.h), nil
 }
 
 // Close stops the reads.
@@ -140,8 +127,7 @@ func (d *Disk) VerifyPrefix(ctx context.Context, r io.ReaderAt, done int64, stat
 			return false, nil
 		}
 	}
-	got, err := h.(encoding.BinaryMarshaler).MarshalBinary()
-	return err == nil && bytes.Equal(got, state), err
+	return bytes.Equal(hashstate.Save(h), state), nil
 }
 
 // span is a range [from, to) of the disk: stored in the blob, or a hole.
