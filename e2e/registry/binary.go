@@ -51,7 +51,7 @@ func Binary(ctx context.Context) (string, error) {
 		}
 		return p, nil
 	}
-	binDir, err := binDir()
+	binDir, err := CacheBinDir()
 	if err != nil {
 		return "", err
 	}
@@ -77,9 +77,9 @@ func Binary(ctx context.Context) (string, error) {
 	return bin, nil
 }
 
-// binDir returns <repo root>/.cache/bin, or a per-user cache directory when
+// CacheBinDir returns <repo root>/.cache/bin, or a per-user cache directory when
 // the working directory is not inside a Go module.
-func binDir() (string, error) {
+func CacheBinDir() (string, error) {
 	wd, err := os.Getwd()
 	if err != nil {
 		return "", fmt.Errorf("registry: %w", err)

@@ -24,7 +24,7 @@ func Tool(ctx context.Context, name, module, version string) (string, error) {
 	if filepath.Base(module) != name {
 		return "", fmt.Errorf("registry: go install %s names its binary %s, not %s", module, filepath.Base(module), name)
 	}
-	binDir, err := binDir()
+	binDir, err := CacheBinDir()
 	if err != nil {
 		return "", err
 	}
