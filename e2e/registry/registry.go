@@ -79,6 +79,9 @@ type Options struct {
 	// the access log). If nil the output is discarded. Either way the last
 	// 64 KiB are kept in memory and included in startup errors.
 	LogOutput io.Writer
+	// S3, if set, keeps the registry's data in a real S3 store started
+	// beside it, with blob GETs redirected to presigned URLs.
+	S3 *S3Options
 }
 
 // Registry is a running registry process started by Start. Its exported
@@ -103,6 +106,9 @@ type Registry struct {
 	Dir string
 	// ConfigFile is the path of the registry's YAML configuration.
 	ConfigFile string
+	// Store is the S3 store holding the registry's data, with Options.S3;
+	// nil otherwise (the data is in DataDir).
+	Store *Store
 
 	p         *proc // the current (last started) process
 	removeDir bool
@@ -158,6 +164,17 @@ func Start(ctx context.Context, o Options) (_ *Registry, retErr error) {
 
 	if err := r.writeFiles(); err != nil {
 		return nil, fmt.Errorf("registry: %w", err)
+	}
+	if o.S3 != nil {
+		if err := r.startStore(ctx, o); err != nil {
+			r.stopStore()
+			return nil, err
+		}
+		defer func() {
+			if retErr != nil {
+				r.stopStore()
+			}
+		}()
 	}
 
 	var lastErr error
@@ -258,6 +275,7 @@ func (r *Registry) launch(ctx context.Context, bin string, prefix []string, o Op
 		http2Off:    o.HTTP1Only,
 		logLevel:    "info",
 		accessLogOn: true,
+		s3:          r.s3Params(o.S3),
 	})
 	if err := os.WriteFile(r.ConfigFile, []byte(cfg), 0o600); err != nil {
 		return fmt.Errorf("registry: writing config: %w", err)
@@ -434,6 +452,7 @@ func (r *Registry) stop() error {
 			}
 		}
 	}
+	r.stopStore()
 	if r.removeDir {
 		if err := os.RemoveAll(r.Dir); err != nil {
 			errs = append(errs, fmt.Errorf("registry: removing %s: %w", r.Dir, err))
