@@ -22,8 +22,7 @@ type Overlay struct {
 }
 
 // Render writes o as a kustomization in dir beside nothing else, builds it
-// with kustomize's API (the library kubectl's -k uses) against the
-// manifests directory, and returns the objects.
+// against the manifests directory, and returns the objects.
 func Render(manifests, dir string, o Overlay) ([]*unstructured.Unstructured, error) {
 	abs, err := filepath.Abs(manifests)
 	if err != nil {
@@ -52,6 +51,12 @@ func Render(manifests, dir string, o Overlay) ([]*unstructured.Unstructured, err
 	if err := os.WriteFile(filepath.Join(dir, "kustomization.yaml"), []byte(k.String()), 0o644); err != nil {
 		return nil, err
 	}
+	return Kustomize(dir)
+}
+
+// Kustomize builds the kustomization in dir with kustomize's API (the library
+// kubectl's -k uses) and returns the objects.
+func Kustomize(dir string) ([]*unstructured.Unstructured, error) {
 	m, err := krusty.MakeKustomizer(krusty.MakeDefaultOptions()).Run(filesys.MakeFsOnDisk(), dir)
 	if err != nil {
 		return nil, fmt.Errorf("kustomize build %s: %w", dir, err)
