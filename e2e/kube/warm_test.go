@@ -81,4 +81,3 @@ func relTo(t *testing.T, dir, path string) string {
 	}
 	return rel
 }
-
