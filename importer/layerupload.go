@@ -51,7 +51,7 @@ type layerUpload struct {
 
 	sess      *upload.Session
 	confirmed int64        // what the registry last said it stored
-	sent      atomic.Int64 // what was handed to the connection
+	sent      atomic.Int64 // the furthest byte handed to the connection in the session
 	resumes   int
 	from      int64 // where the last resume went on from
 }
@@ -281,8 +281,7 @@ func (u *layerUpload) send(ctx context.Context, cp layer.Checkpoint, from int64)
 		return err
 	}
 	defer rc.Close()
-	u.sent.Store(from)
-	if _, err := u.sess.Send(ctx, &sentCounter{rc, &u.sent}, from, u.size-from); err != nil {
+	if _, err := u.sess.Send(ctx, &sentCounter{r: rc, at: from, sent: &u.sent}, from, u.size-from); err != nil {
 		return err
 	}
 	if _, err := u.l.Digest(); err != nil {
@@ -378,17 +377,30 @@ func (u *layerUpload) commit(ctx context.Context) error {
 	return nil
 }
 
-// sentCounter counts the bytes of the layer handed to the connection,
-// from the offset it started at.
+// sentCounter raises sent to the furthest layer byte handed to the
+// connection in the session, over all its PATCHes: a PATCH that goes on
+// from the registry's offset starts behind what an earlier one handed
+// over, which the registry may still be storing.
 type sentCounter struct {
 	r    io.Reader
+	at   int64 // the layer offset of the next byte read
 	sent *atomic.Int64
 }
 
 func (c *sentCounter) Read(p []byte) (int, error) {
 	n, err := c.r.Read(p)
-	c.sent.Add(int64(n))
+	c.at += int64(n)
+	raise(c.sent, c.at)
 	return n, err
+}
+
+// raise sets v to n unless v holds more.
+func raise(v *atomic.Int64, n int64) {
+	for cur := v.Load(); n > cur; cur = v.Load() {
+		if v.CompareAndSwap(cur, n) {
+			return
+		}
+	}
 }
 
 // sleep waits d, or until ctx ends.
