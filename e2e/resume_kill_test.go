@@ -4,20 +4,24 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/diskimporter/diskimporter/importer/testdisk"
 	"github.com/diskimporter/diskimporter/layer"
+	"github.com/klauspost/compress/gzip"
 	"github.com/klauspost/compress/zstd"
 )
 
@@ -77,50 +81,75 @@ func (b *heldBody) Read(p []byte) (int, error) {
 
 func (b *heldBody) Close() error { return b.rc.Close() }
 
+// killCase is an import killed once the registry holds 70% of its layer,
+// and run again with the same --checkpoint.
+type killCase struct {
+	name string
+	size int64 // of the disk
+	// compress makes the file served of the disk; nil: the raw disk,
+	// which a rerun reads again from the last checkpoint on (a Range
+	// request).
+	compress func(disk io.Reader, size int64) ([]byte, error)
+	// tool, when set, is the program compress runs: the case is skipped
+	// without it.
+	tool string
+	// between runs between the kill and the rerun.
+	between func(t *testing.T, src *killSource, checkpoint, proxyAddr string)
+	// fresh, when set, is the reason the rerun's log must give for
+	// starting a fresh upload instead of going on.
+	fresh string
+}
+
 // TestKilledResumes: an import SIGKILLed once the registry holds 70% of
 // the layer, run again with the same --checkpoint, goes on where the
 // registry stands: the rerun sends the registry the rest only and makes the
 // image a clean import makes; the tag is absent until then. A raw source
-// is read again from the last checkpoint on (a Range request); a zstd one
-// is decoded again from its start and skipped forward.
+// is read again from the last checkpoint on (a Range request); a zstd or
+// xz one, whose size its header or index tells, is decoded again from its
+// start and skipped forward; a gzip one, whose size only a spool tells, is
+// spooled again. An upload the registry forgot, or a source that changed
+// between the runs (another ETag, other bytes), makes a fresh upload whose
+// image is the source's new one.
 func TestKilledResumes(t *testing.T) {
 	needE2E(t)
 	t.Parallel()
 	const size = 128 << 20
-	want := layerDigest(t, size)
-	for _, compressed := range []bool{false, true} {
-		t.Run(map[bool]string{false: "raw", true: "zstd"}[compressed], func(t *testing.T) {
+	for _, tc := range []killCase{
+		{name: "raw", size: size},
+		{name: "zstd", size: size, compress: zstdOf},
+		// gzip and xz encoders are slow (Go's under -race, the xz tool
+		// anyway): smaller disks.
+		{name: "gzip", size: 32 << 20, compress: gzipFastOf},
+		{name: "xz", size: 32 << 20, compress: xzToolOf, tool: "xz"},
+		{name: "forgotten upload", size: size, between: forgetSourceUpload, fresh: "does not know the upload"},
+		{name: "changed source", size: size, between: changeSource, fresh: "the source was"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			source, served := countingSource(t, size)
-			if compressed {
-				source, served = zstdSource(t, size)
+			if _, err := exec.LookPath(tc.tool); tc.tool != "" && err != nil {
+				t.Skipf("%s not found: %v", tc.tool, err)
 			}
-			killAndResume(t, source, served, size, want, !compressed, false)
+			killAndResume(t, tc)
 		})
 	}
-	// The registry forgot the upload between the runs: a fresh upload.
-	t.Run("forgotten upload", func(t *testing.T) {
-		t.Parallel()
-		source, served := countingSource(t, size)
-		killAndResume(t, source, served, size, want, true, true)
-	})
 }
 
-// killAndResume imports source (size bytes of disk, served counting the
-// bytes in served), killed at 70% of the layer upload, then again.
-func killAndResume(t *testing.T, source string, served *atomic.Int64, size int64, want string, ranged, forget bool) {
+// killAndResume imports the source of tc, killed at 70% of the layer
+// upload, then again.
+func killAndResume(t *testing.T, tc killCase) {
 	t.Helper()
 	const interval = 8 << 20
-	total, err := layer.TarSize(layer.DefaultDiskName, size)
+	total, err := layer.TarSize(layer.DefaultDiskName, tc.size)
 	if err != nil {
 		t.Fatal(err)
 	}
+	src := newKillSource(t, tc)
 	hold := &holdAt{at: total * 7 / 10, reached: make(chan struct{}, 1)}
 	hold.armed.Store(true)
 	proxy := newFaultProxy(t, hold.handle)
 	repo := newRepo(t)
 	checkpoint := filepath.Join(t.TempDir(), "upload.checkpoint")
-	args := []string{"--source", source, "--destination", proxy.addr + "/" + repo + ":v1", "--ca-file", proxy.caFile,
+	args := []string{"--source", src.url, "--destination", proxy.addr + "/" + repo + ":v1", "--ca-file", proxy.caFile,
 		"--log-format", "json", "--checkpoint", checkpoint, "--checkpoint-interval", strconv.Itoa(interval)}
 	env := childEnv(t, credsEnv(reg)...)
 	killAt(t, hold, env, args)
@@ -128,24 +157,21 @@ func killAndResume(t *testing.T, source string, served *atomic.Int64, size int64
 	if _, err := os.Stat(checkpoint); err != nil {
 		t.Fatalf("no checkpoint file after the kill: %v", err)
 	}
-	sentBefore, servedBefore := hold.forwarded.Load(), served.Load()
-	if forget {
-		forgetUpload(t, checkpoint, proxy.addr)
+	if tc.between != nil {
+		tc.between(t, src, checkpoint, proxy.addr)
 	}
+	sentBefore, servedBefore := hold.forwarded.Load(), src.served.Load()
 
 	r := runImport(t, env, args...)
 	res := parseSuccess(t, r)
-	if forget {
-		if res.Resumes != 0 || !strings.Contains(string(r.stderr), "starting a fresh one") {
-			t.Errorf("resumes %d; want a fresh upload said in the log:\n%s", res.Resumes, r.stderr)
-		}
-		if res.LayerDigest != want {
-			t.Errorf("layer %s, want %s", res.LayerDigest, want)
+	if want := src.digest(); res.LayerDigest != want {
+		t.Errorf("layer %s, want %s, the layer of the disk the source serves", res.LayerDigest, want)
+	}
+	if tc.fresh != "" {
+		if res.Resumes != 0 || !strings.Contains(logLineWith(r.stderr, "starting a fresh one"), tc.fresh) {
+			t.Errorf("resumes %d; want a fresh upload, because %s, said in the log:\n%s", res.Resumes, tc.fresh, r.stderr)
 		}
 		return
-	}
-	if res.LayerDigest != want {
-		t.Errorf("layer %s, want the clean import's %s", res.LayerDigest, want)
 	}
 	if res.Resumes != 1 || res.ResumedFrom < total*6/10 {
 		t.Errorf("resumes %d from %d, want 1 from about %d", res.Resumes, res.ResumedFrom, total*7/10)
@@ -154,8 +180,8 @@ func killAndResume(t *testing.T, source string, served *atomic.Int64, size int64
 	if resent < 0 || resent > 1<<20 {
 		t.Errorf("the registry was sent %d layer bytes again, want at most what was in flight at the kill", resent)
 	}
-	reread := served.Load() - servedBefore
-	if bound := size - res.ResumedFrom + interval + 4*8<<20; ranged && reread > bound {
+	reread := src.served.Load() - servedBefore
+	if bound := tc.size - res.ResumedFrom + interval + 4*8<<20; tc.compress == nil && reread > bound {
 		t.Errorf("the rerun read %d source bytes, want at most %d (the rest, an interval and the read-ahead)", reread, bound)
 	}
 	if _, err := os.Stat(checkpoint); !os.IsNotExist(err) {
@@ -188,31 +214,164 @@ func killAt(t *testing.T, hold *holdAt, env, args []string) {
 	hold.armed.Store(false)
 }
 
-// zstdSource serves the generated disk of size bytes zstd-compressed
-// (with its size in the frame header, so that an import streams it),
-// counting the bytes it writes.
-func zstdSource(t *testing.T, size int64) (string, *atomic.Int64) {
+// killSource serves one version of a disk, as it is or compressed, with
+// Range support and an ETag, counting the body bytes it writes; it can be
+// made to serve another version.
+type killSource struct {
+	url    string
+	served atomic.Int64
+	tc     killCase
+
+	mu      sync.Mutex
+	etag    string
+	content []byte      // the file served, when compressed
+	disk    io.ReaderAt // the disk, when served as it is
+	want    string      // the layer a correct import of the disk makes
+}
+
+// newKillSource serves the generated disk of tc.
+func newKillSource(t *testing.T, tc killCase) *killSource {
 	t.Helper()
-	var buf bytes.Buffer
-	enc, err := zstd.NewWriter(&buf, zstd.WithEncoderLevel(zstd.SpeedFastest))
+	s := &killSource{tc: tc}
+	s.serve(t, `"disk-v1"`, testdisk.New(tc.size))
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		s.mu.Lock()
+		etag, file := s.etag, s.file()
+		s.mu.Unlock()
+		w.Header().Set("ETag", etag)
+		http.ServeContent(&killCountingWriter{ResponseWriter: w, n: &s.served}, r, "", time.Unix(0, 0), file)
+	}))
+	t.Cleanup(srv.Close)
+	s.url = srv.URL + "/disk"
+	return s
+}
+
+// serve makes disk, with etag, the version served.
+func (s *killSource) serve(t *testing.T, etag string, disk io.ReaderAt) {
+	t.Helper()
+	want := layerDigestOf(t, io.NewSectionReader(disk, 0, s.tc.size), s.tc.size)
+	var content []byte
+	if s.tc.compress != nil {
+		var err error
+		if content, err = s.tc.compress(io.NewSectionReader(disk, 0, s.tc.size), s.tc.size); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.etag, s.disk, s.content, s.want = etag, disk, content, want
+}
+
+// file is a reader of the file served; s.mu is held.
+func (s *killSource) file() io.ReadSeeker {
+	if s.content != nil {
+		return bytes.NewReader(s.content)
+	}
+	return io.NewSectionReader(s.disk, 0, s.tc.size)
+}
+
+// digest is the layer a correct import of the version served makes.
+func (s *killSource) digest() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.want
+}
+
+// changeSource makes the source serve another version of its disk, with
+// another ETag, between the runs: bytes the registry holds from the first
+// run differ, so that going on with the upload would make an image of
+// neither version.
+func changeSource(t *testing.T, src *killSource, _, _ string) {
+	src.serve(t, `"disk-v2"`, changedDisk{testdisk.New(src.tc.size)})
+}
+
+// forgetSourceUpload deletes, in the registry, the upload the checkpoint
+// file names.
+func forgetSourceUpload(t *testing.T, _ *killSource, checkpoint, proxyAddr string) {
+	forgetUpload(t, checkpoint, proxyAddr)
+}
+
+// changedDisk is a generated disk with its second MiB inverted.
+type changedDisk struct{ *testdisk.Disk }
+
+func (d changedDisk) ReadAt(p []byte, off int64) (int, error) {
+	n, err := d.Disk.ReadAt(p, off)
+	for i := max(1<<20-off, 0); i < min(2<<20-off, int64(n)); i++ {
+		p[i] ^= 0xff
+	}
+	return n, err
+}
+
+// layerDigestOf is the digest of the layer diskimporter makes of the size
+// bytes of disk.
+func layerDigestOf(t *testing.T, disk io.Reader, size int64) string {
+	t.Helper()
+	l, err := layer.New(io.NopCloser(disk), size)
 	if err != nil {
 		t.Fatal(err)
 	}
+	rc, _ := l.Compressed()
+	defer rc.Close()
+	if _, err := io.Copy(io.Discard, rc); err != nil {
+		t.Fatal(err)
+	}
+	d, err := l.Digest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d.String()
+}
+
+// logLineWith is the first line of log holding text, or "".
+func logLineWith(log []byte, text string) string {
+	for line := range bytes.Lines(log) {
+		if bytes.Contains(line, []byte(text)) {
+			return string(line)
+		}
+	}
+	return ""
+}
+
+// zstdOf compresses the disk with zstd, its size in the frame header (so
+// that an import streams it).
+func zstdOf(disk io.Reader, size int64) ([]byte, error) {
+	var buf bytes.Buffer
+	enc, err := zstd.NewWriter(&buf, zstd.WithEncoderLevel(zstd.SpeedFastest))
+	if err != nil {
+		return nil, err
+	}
 	enc.ResetContentSize(&buf, size)
-	if _, err := io.Copy(enc, testdisk.New(size).Reader()); err != nil {
-		t.Fatal(err)
+	if _, err := io.Copy(enc, disk); err != nil {
+		return nil, err
 	}
-	if err := enc.Close(); err != nil {
-		t.Fatal(err)
+	err = enc.Close()
+	return buf.Bytes(), err
+}
+
+// gzipFastOf compresses the disk with gzip at its fastest level.
+func gzipFastOf(disk io.Reader, _ int64) ([]byte, error) {
+	var buf bytes.Buffer
+	zw, err := gzip.NewWriterLevel(&buf, gzip.BestSpeed)
+	if err != nil {
+		return nil, err
 	}
-	data := buf.Bytes()
-	var served atomic.Int64
-	s := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("ETag", `"resume-disk-zst"`)
-		http.ServeContent(&killCountingWriter{ResponseWriter: w, n: &served}, r, "disk.img.zst", time.Unix(0, 0), bytes.NewReader(data))
-	}))
-	t.Cleanup(s.Close)
-	return s.URL + "/disk.img.zst", &served
+	if _, err := io.Copy(zw, disk); err != nil {
+		return nil, err
+	}
+	err = zw.Close()
+	return buf.Bytes(), err
+}
+
+// xzToolOf compresses the disk with the xz tool at its fastest preset, in
+// blocks on two threads; Go's xz encoder takes minutes under -race.
+func xzToolOf(disk io.Reader, _ int64) ([]byte, error) {
+	cmd := exec.Command("xz", "-0", "-T2", "-c")
+	var out, stderr bytes.Buffer
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = disk, &out, &stderr
+	if err := cmd.Run(); err != nil {
+		return nil, fmt.Errorf("xz: %w: %s", err, stderr.Bytes())
+	}
+	return out.Bytes(), nil
 }
 
 // forgetUpload deletes, in the registry, the upload the checkpoint file
@@ -230,28 +389,40 @@ func forgetUpload(t *testing.T, checkpoint, proxyAddr string) {
 		t.Fatalf("checkpoint file %s: %v", b, err)
 	}
 	// The saved location's _state is stale: distribution checks it on a
-	// DELETE. Its GET answers a fresh one.
+	// DELETE. Its GET answers a fresh one, which the registry refuses
+	// while it still stores what the killed import sent: ask again.
 	loc := strings.Replace(rec.Location, proxyAddr, reg.Addr, 1)
-	for _, method := range []string{http.MethodGet, http.MethodDelete} {
-		req, err := http.NewRequestWithContext(t.Context(), method, loc, nil)
-		if err != nil {
+	for try := 0; ; try++ {
+		if loc, err = askUpload(t, http.MethodGet, loc); err != nil {
 			t.Fatal(err)
 		}
-		req.SetBasicAuth(reg.Username, reg.Password)
-		resp, err := regTransport(reg).RoundTrip(req)
-		if err != nil {
+		if _, err = askUpload(t, http.MethodDelete, loc); err == nil {
+			return
+		}
+		if try == 10 {
 			t.Fatal(err)
 		}
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusNoContent {
-			t.Fatalf("%s of the upload: %s", method, resp.Status)
-		}
-		if next := resp.Header.Get("Location"); next != "" {
-			if loc, err = resolve(loc, next); err != nil {
-				t.Fatal(err)
-			}
-		}
+		time.Sleep(100 * time.Millisecond)
 	}
+}
+
+// askUpload sends method to the upload at loc, in the registry, and
+// returns the upload's next location.
+func askUpload(t *testing.T, method, loc string) (string, error) {
+	req, err := http.NewRequestWithContext(t.Context(), method, loc, nil)
+	if err != nil {
+		return "", err
+	}
+	req.SetBasicAuth(reg.Username, reg.Password)
+	resp, err := regTransport(reg).RoundTrip(req)
+	if err != nil {
+		return "", err
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusNoContent {
+		return "", fmt.Errorf("%s of the upload: %s", method, resp.Status)
+	}
+	return resolve(loc, resp.Header.Get("Location"))
 }
 
 // resolve is ref relative to base.

@@ -5,6 +5,7 @@
 //	go run ./e2e/bench                 # 1 GiB, the default plan (below)
 //	go run ./e2e/bench -markdown       # the same, as a Markdown table
 //	go run ./e2e/bench -size 4GiB -limits 1core -rows diskimporter,put-ceiling
+//	go run ./e2e/bench -faults         # the fault table instead (faults.go)
 //
 // Everything runs on loopback: a real distribution registry (TLS, htpasswd)
 // pinned to the second core, an HTTP source serving a generated disk-like
@@ -64,6 +65,7 @@ func main() {
 		"rows, comma-separated, of: "+strings.Join(knownRows(), ", ")+
 			" (diskimporter-qcow2, -gz, -xz, -zst import the same disk in those containers); when only -limits is given: "+strings.Join(defaultRows, ","))
 	markdown := flag.Bool("markdown", false, "print the table as Markdown, the header lines as text above it")
+	faults := flag.Bool("faults", false, "print the fault table instead: upload faults (dropped PATCH, SIGKILL and rerun, changed source, forgotten upload, wrong offsets) against a clean import; -rows and -limits do not apply")
 	flag.Float64Var(&pullRate, "pull-throttle", 40e6, "bytes per second each connection to the throttled object store of the pull rows is paced to")
 	flag.Float64Var(&throttle, "throttle", 12.5e6, "bytes per second each connection to the throttled source (rows throttled-N) is paced to")
 	flag.StringVar(&profileDir, "profile-dir", "", "save a 2-second CPU profile of each diskimporter row (taken through --pprof-address) into this directory")
@@ -83,6 +85,12 @@ func main() {
 	}
 	if throttle <= 0 {
 		log.Fatalf("-throttle %g: want a positive number of bytes per second", throttle)
+	}
+	if *faults {
+		if err := runFaults(ctx, n); err != nil {
+			log.Fatal(err)
+		}
+		return
 	}
 	cells := defaultPlan()
 	if given("rows") || given("limits") {
@@ -149,26 +157,9 @@ type setup struct {
 }
 
 func bench(ctx context.Context, size int64, cells []cell, markdown bool) error {
-	// This process serves the source; keep it and the registry on the
-	// second core, and the measured client alone on the first (but at
-	// 2cores, where it may use both).
-	if runtime.NumCPU() >= 2 {
-		if out, err := exec.Command("taskset", "-a", "-p", "-c", "1", strconv.Itoa(os.Getpid())).CombinedOutput(); err != nil {
-			log.Printf("taskset of the bench process failed (%v: %s); cores are shared", err, out)
-		}
-	}
-	dir, err := os.MkdirTemp("", "diskimporter-bench-")
+	s, cleanup, err := newSetup(ctx, size)
+	defer cleanup()
 	if err != nil {
-		return err
-	}
-	defer os.RemoveAll(dir)
-	s := &setup{dir: dir, size: size}
-	defer func() {
-		if s.reg != nil {
-			s.reg.Stop()
-		}
-	}()
-	if err := s.prepare(ctx); err != nil {
 		return err
 	}
 
@@ -191,6 +182,31 @@ func bench(ctx context.Context, size int64, cells []cell, markdown bool) error {
 	}
 	printSummary(os.Stdout, results, markdown)
 	return ctx.Err()
+}
+
+// newSetup prepares what every row shares, for a disk of size bytes;
+// cleanup stops the registry and removes the files, also after an error.
+func newSetup(ctx context.Context, size int64) (s *setup, cleanup func(), err error) {
+	// This process serves the source; keep it and the registry on the
+	// second core, and the measured client alone on the first (but at
+	// 2cores, where it may use both).
+	if runtime.NumCPU() >= 2 {
+		if out, err := exec.Command("taskset", "-a", "-p", "-c", "1", strconv.Itoa(os.Getpid())).CombinedOutput(); err != nil {
+			log.Printf("taskset of the bench process failed (%v: %s); cores are shared", err, out)
+		}
+	}
+	dir, err := os.MkdirTemp("", "diskimporter-bench-")
+	if err != nil {
+		return nil, func() {}, err
+	}
+	s = &setup{dir: dir, size: size}
+	cleanup = func() {
+		if s.reg != nil {
+			s.reg.Stop()
+		}
+		os.RemoveAll(dir)
+	}
+	return s, cleanup, s.prepare(ctx)
 }
 
 func (s *setup) prepare(ctx context.Context) error {
