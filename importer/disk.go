@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"sync"
 
 	"github.com/diskimporter/diskimporter/importer/decompress"
 	"github.com/diskimporter/diskimporter/importer/detect"
@@ -44,6 +45,10 @@ type disk struct {
 	// closers run when the import ends: they close the source and remove
 	// a spool.
 	closers []func()
+	// dropSource closes the source stream the disk was first read from
+	// (also a closer): once reopen has replaced it, its read-ahead is
+	// freed before the new stream's is allocated.
+	dropSource func()
 }
 
 func (d *disk) close() {
@@ -62,7 +67,8 @@ const headSize = max(detect.HeadSize, qcow2.HeadSize)
 // with: it ends a read of rc in progress when the disk is closed. An empty
 // source is refused: an empty file is no disk.
 func openDisk(ctx context.Context, s *settings, src *source, rc io.ReadCloser, interrupt func(), prog *tracker, sums *sourceSums) (*disk, error) {
-	d := &disk{closers: []func(){func() { rc.Close() }}}
+	closeSource := sync.OnceFunc(func() { rc.Close() })
+	d := &disk{closers: []func(){closeSource}, dropSource: closeSource}
 	ok := false
 	defer func() {
 		if !ok {

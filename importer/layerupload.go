@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/url"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -304,6 +305,12 @@ func (u *layerUpload) reopen(ctx context.Context, off int64) (io.ReadCloser, err
 		u.sums.resumed()
 	}
 	u.log.Warn("reading the disk again for an upload retry", "from", off)
+	// The layer reads the first stream no more: close it, and collect
+	// what the failed attempt left (its stream's buffers, the layer
+	// reader's) before the new stream allocates, so that a resume does
+	// not raise the import's peak memory. Once per resume: a few ms.
+	u.d.dropSource()
+	runtime.GC()
 	rc, err := u.d.reopen(ctx, off)
 	if err != nil {
 		return nil, err

@@ -146,7 +146,7 @@ func (r *parallelReader) dispatch(first io.ReadCloser, from, firstEnd, to int64)
 			return
 		}
 		if int64(cap(buf)) < max(length, chunk) {
-			buf = make([]byte, max(length, chunk))
+			buf = getChunk(max(length, chunk))
 		}
 		p := &piece{start: start, buf: buf[:length], started: time.Now()}
 		r.order <- p // never blocks: a piece holds one of Connections buffers
@@ -229,16 +229,55 @@ func (r *parallelReader) Read(b []byte) (int, error) {
 	return 0, err
 }
 
-// Close stops every request and waits for them to end.
+// Close stops every request, waits for them to end and leaves the
+// buffers of the pieces for the next reader.
 func (r *parallelReader) Close() error {
 	r.cancel()
 	// Unblock a dispatcher waiting for a buffer: the pieces are dropped.
+	drained := make(chan [][]byte, 1)
 	go func() {
-		for range r.order {
+		var bufs [][]byte
+		for p := range r.order {
+			bufs = append(bufs, p.buf)
 		}
+		drained <- bufs
 	}()
 	r.wg.Wait()
+	bufs := <-drained
+	for more := true; more; {
+		select {
+		case b := <-r.free:
+			bufs = append(bufs, b)
+		default:
+			more = false
+		}
+	}
+	for _, b := range bufs {
+		putChunk(b)
+	}
 	return nil
+}
+
+// chunks holds the buffers of closed readers. A read that is resumed (a
+// new reader of the object, from where an upload stands) takes them
+// rather than allocating as many again while the garbage collector has
+// not yet freed the old ones: peak memory stays that of one reader.
+var chunks sync.Pool // of *[]byte
+
+// getChunk returns a buffer of n bytes, from chunks when one is big enough.
+func getChunk(n int64) []byte {
+	if b, ok := chunks.Get().(*[]byte); ok && int64(cap(*b)) >= n {
+		return (*b)[:n]
+	}
+	return make([]byte, n)
+}
+
+// putChunk leaves b for getChunk.
+func putChunk(b []byte) {
+	if cap(b) > 0 {
+		b = b[:cap(b)]
+		chunks.Put(&b)
+	}
 }
 
 // body is the body of every response: it ends the response's request
