@@ -412,14 +412,10 @@ func (s *settings) checkSource(defConnections int, defChunkSize int64) error {
 	if err := s.ReadOptions.Validate(defConnections, defChunkSize); err != nil {
 		return err
 	}
-	if s.Platform == "" {
-		s.Platform = "linux/amd64"
+	var err error
+	if s.platform, err = ParsePlatform(s.Platform, "linux/amd64"); err != nil {
+		return err
 	}
-	p, err := v1.ParsePlatform(s.Platform)
-	if err != nil || p.OS == "" || p.Architecture == "" {
-		return fmt.Errorf("%w: Platform %q: want os/arch[/variant], such as linux/arm64", ErrInvalidOptions, s.Platform)
-	}
-	s.platform = *p
 	for name := range s.SourceHeaders {
 		if name == "" || strings.ContainsAny(name, " :\r\n") || http.CanonicalHeaderKey(name) == "Host" {
 			return fmt.Errorf("%w: SourceHeaders: header name %q", ErrInvalidOptions, name)

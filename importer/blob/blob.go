@@ -123,11 +123,12 @@ func Open(ctx context.Context, ref name.Reference, o Options) (*Disk, error) {
 	if o.PlainHTTP {
 		scheme = "http"
 	}
-	m, digest, err := resolve(ctx, client, scheme, ref, platform)
+	r, err := Resolve(ctx, client, scheme, ref, platform)
 	if err != nil {
 		return nil, fmt.Errorf("resolving %s: %w", ref, err)
 	}
-	d := &Disk{Ref: ref.Context().Digest(digest.String()), Manifest: m, scheme: scheme}
+	m := r.Manifest
+	d := &Disk{Ref: ref.Context().Digest(r.Image().Descriptor.Digest.String()), Manifest: m, scheme: scheme}
 
 	// The disk is in the last layer that holds one, as later layers
 	// override earlier ones.

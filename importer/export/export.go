@@ -23,7 +23,6 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"strings"
 	"syscall"
 	"time"
 
@@ -33,7 +32,6 @@ import (
 	"github.com/diskimporter/diskimporter/importer"
 	"github.com/diskimporter/diskimporter/importer/blob"
 	"github.com/diskimporter/diskimporter/importer/reason"
-	"github.com/diskimporter/diskimporter/importer/redact"
 )
 
 // Defaults of the Options fields left zero.
@@ -156,39 +154,17 @@ type settings struct {
 
 func (o Options) settings() (*settings, error) {
 	s := &settings{Options: o}
-	if o.Source == "" {
-		return nil, fmt.Errorf("%w: no Source given", importer.ErrInvalidOptions)
+	var err error
+	s.ref, s.display, err = importer.CheckImageRead(o.Source, "Source", &s.RegistryOptions, &s.ReadOptions, DefaultConnections, DefaultChunkSize, &s.Transport)
+	if err != nil {
+		return nil, err
 	}
 	if o.Output == "" {
 		return nil, fmt.Errorf("%w: no Output given (a path, or - for stdout)", importer.ErrInvalidOptions)
 	}
-	if err := s.RegistryOptions.Validate(); err != nil {
+	if s.platform, err = importer.ParsePlatform(s.Platform, "linux/amd64"); err != nil {
 		return nil, err
 	}
-	if err := s.ReadOptions.Validate(DefaultConnections, DefaultChunkSize); err != nil {
-		return nil, err
-	}
-	var nameOpts []name.Option
-	if o.PlainHTTP {
-		nameOpts = append(nameOpts, name.Insecure)
-	}
-	src := "docker://" + strings.TrimPrefix(o.Source, "docker://")
-	if err := importer.CheckSource(src); err != nil {
-		return nil, err
-	}
-	ref, err := name.ParseReference(strings.TrimPrefix(src, "docker://"), nameOpts...)
-	if err != nil {
-		return nil, fmt.Errorf("%w: Source %s: want REGISTRY/REPO:TAG or REGISTRY/REPO@sha256:…", importer.ErrInvalidOptions, redact.URL(src))
-	}
-	s.ref, s.display = ref, "docker://"+ref.String()
-	if s.Platform == "" {
-		s.Platform = "linux/amd64"
-	}
-	p, err := v1.ParsePlatform(s.Platform)
-	if err != nil || p.OS == "" || p.Architecture == "" {
-		return nil, fmt.Errorf("%w: Platform %q: want os/arch[/variant], such as linux/arm64", importer.ErrInvalidOptions, s.Platform)
-	}
-	s.platform = *p
 	if s.CheckpointInterval < 0 {
 		return nil, fmt.Errorf("%w: checkpoint interval %d is negative", importer.ErrInvalidOptions, s.CheckpointInterval)
 	}
@@ -200,13 +176,6 @@ func (o Options) settings() (*settings, error) {
 	}
 	if s.Logger == nil {
 		s.Logger = slog.Default()
-	}
-	if s.Transport == nil {
-		t, err := importer.RegistryReadTransport(s.RegistryOptions, s.Connections)
-		if err != nil {
-			return nil, err
-		}
-		s.Transport = t
 	}
 	if s.Stdout == nil {
 		s.Stdout = os.Stdout
