@@ -39,6 +39,7 @@ const (
 	Unauthorized        Reason = "Unauthorized"
 	RegistryTLS         Reason = "RegistryTLS"
 	RegistryError       Reason = "RegistryError"
+	ContainerdError     Reason = "ContainerdError"
 	// Failed is any other failure.
 	Failed Reason = "Failed"
 )
@@ -96,6 +97,10 @@ var (
 	// ErrRegistry: a registry request failed for another reason than
 	// credentials or TLS.
 	ErrRegistry = errors.New("registry request failed")
+	// ErrContainerd: the node's containerd could not be reached (no
+	// socket, a refused connection, no permission) or refused a request
+	// (a missing snapshotter, a failed unpack).
+	ErrContainerd = errors.New("containerd request failed")
 )
 
 // table maps each sentinel to its Reason, first match wins: a cancelled
@@ -124,6 +129,7 @@ var table = []struct {
 	{ErrRegistryUnauthorized, Unauthorized},
 	{ErrRegistryTLS, RegistryTLS},
 	{ErrRegistry, RegistryError},
+	{ErrContainerd, ContainerdError},
 }
 
 // Of returns the Reason of err: that of the first sentinel above it
