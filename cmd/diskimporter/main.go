@@ -40,6 +40,9 @@ Usage:
   diskimporter import --source URL|PATH --destination REGISTRY/REPO:TAG [flags]
   diskimporter export REGISTRY/REPO:TAG PATH|- [flags]
   diskimporter inspect SOURCE [flags]   what an import would find, without pushing
+  diskimporter warm IMAGE [flags]       put an image into this node's containerd, unpacked
+  diskimporter serve --listen ADDR --allow-registry HOST [flags]
+                                        the prefetch endpoint that warms this node on request
   diskimporter demo      import a generated disk into an in-process registry
   diskimporter version   print the version
 
@@ -62,6 +65,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return runInspect(ctx, args[1:], stdout, stderr)
 	case "export":
 		return runExport(ctx, args[1:], stdout, stderr)
+	case "warm":
+		return runWarm(ctx, args[1:], stdout, stderr)
+	case "serve":
+		return runServe(ctx, args[1:], stdout, stderr)
 	case "demo":
 		return runDemo(ctx, args[1:], stdout, stderr)
 	case "version", "--version":

@@ -180,7 +180,7 @@ func (s *session) log() *slog.Logger {
 // command's own flags; the library's messages name Options fields.
 func hint(cmd string, r reason.Reason) string {
 	source := "--source-username/--source-password"
-	if cmd == "export" {
+	if cmd == "export" || cmd == "warm" || cmd == "serve" {
 		source = "--username/--password"
 	}
 	switch r {
@@ -189,7 +189,7 @@ func hint(cmd string, r reason.Reason) string {
 	case reason.SourceUnauthorized:
 		return "check " + source + ", --source-header or the Docker config for the source"
 	case reason.RegistryTLS:
-		if cmd == "export" {
+		if cmd == "export" || cmd == "warm" || cmd == "serve" {
 			return "give the registry's CA with --ca-file"
 		}
 		return "give the registry's CA with --ca-file, or allow TLS 1.3 with --tls-max-version 1.3"
