@@ -7,7 +7,14 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"runtime/debug"
+	"runtime/metrics"
+	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -132,6 +139,148 @@ func BenchmarkDecodeOptions(b *testing.B) {
 		d, err := gzip.NewReader(bufio.NewReaderSize(r, 64<<10))
 		return d, nop, err
 	})
+}
+
+// xzBenchSize is the size of the disk BenchmarkXZParallel decodes.
+var xzBenchSize = flag.Int64("xz-bench-size", 256<<20, "BenchmarkXZParallel: size of the disk image in bytes")
+
+// xzT0File returns a disk-like image of size bytes compressed with
+// xz -T0 (preset -6: blocks of 24 MiB, an 8 MiB dictionary), made once and
+// kept in the temporary directory, for it takes xz a while. It skips the
+// benchmark when there is no xz command.
+func xzT0File(b *testing.B, size int64) string {
+	b.Helper()
+	if _, err := exec.LookPath("xz"); err != nil {
+		b.Skip("no xz command")
+	}
+	name := filepath.Join(os.TempDir(), fmt.Sprintf("diskimporter-bench-%d.img.xz", size))
+	if _, err := os.Stat(name); err == nil {
+		return name
+	}
+	f, err := os.CreateTemp(os.TempDir(), "diskimporter-bench-*.xz")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer os.Remove(f.Name())
+	cmd := exec.Command("xz", "-T0", "-6", "-c")
+	cmd.Stdin, cmd.Stdout = testdisk.New(size).Reader(), f
+	if err := cmd.Run(); err != nil {
+		b.Fatal(err)
+	}
+	if err := f.Close(); err != nil {
+		b.Fatal(err)
+	}
+	if err := os.Rename(f.Name(), name); err != nil {
+		b.Fatal(err)
+	}
+	return name
+}
+
+// BenchmarkXZParallel decodes a disk-like image (256 MiB, -xz-bench-size)
+// compressed with xz -T0, in one run: with NewReader at GOMAXPROCS 1 and
+// 2, with the serial decoder (the one for blocks without sizes, and the
+// only one before), and with xz -dc and xz -T0 -dc (output to /dev/null).
+// It reports MiB/s of output and CPU seconds per decoding, and for the Go
+// decoders the bytes allocated and the peak of the memory the Go runtime
+// holds (peak-MiB, sampled every 5 ms; garbage included, which the
+// garbage collector lets grow to the live heap). Rows: NewReader at
+// GOMAXPROCS 1 (serial) and 2 (two workers), one worker at GOMAXPROCS 1,
+// the serial decoder at GOMAXPROCS 2.
+//
+//	go test -run '^$' -bench XZParallel -benchtime 1x ./importer/decompress
+func BenchmarkXZParallel(b *testing.B) {
+	name := xzT0File(b, *xzBenchSize)
+	goRun := func(procs int, o func() xzOptions) func(b *testing.B) {
+		return func(b *testing.B) {
+			defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(procs))
+			b.ReportAllocs()
+			peak := samplePeakMemory()
+			cpu := processCPU()
+			for b.Loop() {
+				f, err := os.Open(name)
+				if err != nil {
+					b.Fatal(err)
+				}
+				r, err := newReader(detect.XZ, hide{f}, o())
+				if err != nil {
+					b.Fatal(err)
+				}
+				if n, err := drain(r); n != *xzBenchSize || err != nil {
+					b.Fatalf("%d bytes, %v", n, err)
+				}
+				r.Close()
+				f.Close()
+			}
+			b.ReportMetric((processCPU()-cpu).Seconds()/float64(b.N), "cpu-s/op")
+			b.ReportMetric(float64(peak())/(1<<20), "peak-MiB")
+			reportMiBs(b, *xzBenchSize)
+		}
+	}
+	b.Run("go/procs=1", goRun(1, defaultXZOptions))
+	b.Run("go/procs=2", goRun(2, defaultXZOptions))
+	b.Run("go-1-worker/procs=1", goRun(1, func() xzOptions { return xzOptions{workers: 1, memory: XZParallelMemory} }))
+	b.Run("go-serial/procs=2", goRun(2, func() xzOptions { return xzOptions{} }))
+	for _, args := range [][]string{{"-dc"}, {"-T0", "-dc"}} {
+		b.Run("xz "+strings.Join(args, " "), func(b *testing.B) {
+			var cpu time.Duration
+			for b.Loop() {
+				cmd := exec.Command("xz", append(args, name)...)
+				if err := cmd.Run(); err != nil {
+					b.Fatal(err)
+				}
+				cpu += cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()
+			}
+			b.ReportMetric(cpu.Seconds()/float64(b.N), "cpu-s/op")
+			reportMiBs(b, *xzBenchSize)
+		})
+	}
+}
+
+// processCPU returns the CPU time the process has used.
+func processCPU() time.Duration {
+	var u syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &u); err != nil {
+		return 0
+	}
+	return time.Duration(u.Utime.Nano() + u.Stime.Nano())
+}
+
+// reportMiBs reports the MiB/s of a benchmark whose every iteration
+// produces size bytes.
+func reportMiBs(b *testing.B, size int64) {
+	b.ReportMetric(float64(size)*float64(b.N)/(1<<20)/b.Elapsed().Seconds(), "MiB/s")
+}
+
+// samplePeakMemory samples the memory the Go runtime holds from the
+// system (mapped, less what it returned) every 5 ms, until the function
+// it returns is called, which returns the peak less what it held at the
+// start, after returning all it could.
+func samplePeakMemory() func() uint64 {
+	s := []metrics.Sample{{Name: "/memory/classes/total:bytes"}, {Name: "/memory/classes/heap/released:bytes"}}
+	held := func() uint64 {
+		metrics.Read(s)
+		return s[0].Value.Uint64() - s[1].Value.Uint64()
+	}
+	debug.FreeOSMemory()
+	base := held()
+	stop, done := make(chan struct{}), make(chan uint64)
+	go func() {
+		var peak uint64
+		for {
+			h := held()
+			peak = max(peak, h-min(base, h))
+			select {
+			case <-stop:
+				done <- peak
+				return
+			case <-time.After(5 * time.Millisecond):
+			}
+		}
+	}()
+	return func() uint64 {
+		close(stop)
+		return <-done
+	}
 }
 
 // Flags for compare-c-tools.sh, which runs the test binary to write a

@@ -18,8 +18,10 @@
 # Throughput is decompressed MB (10^6 bytes) per second of wall time, the
 # best of RUNS runs, output to /dev/null; "cpu" columns divide by user+sys
 # time instead, which a busy machine disturbs less (and which is higher
-# than wall time for the multi-threaded xz -T0). Ratio is C / Go: how many
-# times faster the C tool is.
+# than wall time for the multi-threaded xz -T0, and for the Go decoder of
+# its blocks). Ratio is C / Go: how many times faster the C tool is. The
+# row "1 CPU" compares xz -d on the xz -T0 file with the Go decoder at
+# GOMAXPROCS=1.
 set -euo pipefail
 
 SIZE_MIB=${SIZE_MIB:-256}
@@ -89,5 +91,6 @@ row "gzip -6" "$img.gz" gzip -dc
 row "zstd -3" "$img.zst" zstd -q -dc
 row "xz -6" "$img.xz" xz -dc
 row "xz -6 -T0 (xz -T0 -d)" "$img.mt.xz" xz -T0 -dc
+GOMAXPROCS=1 row "xz -6 -T0, 1 CPU (xz -d)" "$img.mt.xz" xz -dc
 row "bzip2 -9" "$img.bz2" bzip2 -dc
 echo "($(nproc) CPUs, load $(cut -d' ' -f1-3 /proc/loadavg); $size bytes decompressed)"

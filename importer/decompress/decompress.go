@@ -86,9 +86,19 @@ const zstdConcurrency = 1
 // with the name of the format. Whether the decompressed content is itself
 // compressed is the caller's business.
 //
+// The blocks of an xz stream whose headers give their sizes, as xz -T0
+// writes them, are decoded on up to GOMAXPROCS goroutines at once (none
+// when GOMAXPROCS is 1), within XZParallelMemory; the output stays in
+// order, and r is read only within NewReader and Read, in order, once.
+//
 // NewReader may read the start of r. Close releases the decoder (for zstd
-// its goroutines and buffers); it does not close r.
+// and xz its goroutines and buffers, once they stop); it does not close r.
 func NewReader(c detect.Compression, r io.Reader) (io.ReadCloser, error) {
+	return newReader(c, r, defaultXZOptions())
+}
+
+// newReader is NewReader with the options of an xz decoder.
+func newReader(c detect.Compression, r io.Reader, o xzOptions) (io.ReadCloser, error) {
 	if c == detect.None {
 		return io.NopCloser(r), nil
 	}
@@ -114,7 +124,12 @@ func NewReader(c detect.Compression, r io.Reader) (io.ReadCloser, error) {
 			d.close = zr.Close
 		}
 	case detect.XZ:
-		d.dec, err = newXZDecoder(bufio.NewReaderSize(d.src, bufSize))
+		var x *xzDecoder
+		x, err = newXZDecoder(bufio.NewReaderSize(d.src, bufSize), o)
+		if err == nil {
+			d.dec = x
+			d.close = x.Close
+		}
 	case detect.Bzip2:
 		d.dec = bzip2.NewReader(bufio.NewReaderSize(d.src, bufSize))
 	default:
@@ -162,7 +177,9 @@ func (r *reader) Read(p []byte) (int, error) {
 // as ErrCorrupt otherwise.
 func (r *reader) classify(err error) error {
 	switch {
-	case r.src.err != nil:
+	case r.src.err != nil && !errors.As(err, new(*xzBlockError)):
+		// (An xz block read before the input failed is corrupt all the
+		// same.)
 		return fmt.Errorf("%s: reading compressed input: %w", r.name, r.src.err)
 	case errors.Is(err, ErrUnsupported):
 		return fmt.Errorf("%s: %w", r.name, err)

@@ -56,6 +56,7 @@ func FuzzNewReader(f *testing.F) {
 	xzEmpty := xzCompress(f, xz.WriterConfig{DictCap: 1 << 12}, nil)
 	xzCRC32 := xzCompress(f, xz.WriterConfig{DictCap: 1 << 12, BlockSize: 500, CheckSum: xz.CRC32}, data[:2000])
 	xzChunk := xzCompress(f, xz.WriterConfig{DictCap: 1 << 12, CheckSum: xz.CRC32}, data[:2000])
+	xzSized := xzParallelSeeds(f)
 	zst := zstdStream(f, data)
 	zstSized := enc.EncodeAll(data[:1000], nil)
 	for _, seed := range [][]byte{
@@ -72,6 +73,8 @@ func FuzzNewReader(f *testing.F) {
 		xzOne[:len(xzOne)-12], // no footer
 		slices.Concat(xzCRC32, make([]byte, 8), xzBlocks, xzEmpty),                 // streams of blocks with different checks
 		hideInChunk(f, xzChunk, hiddenBlock(xzChunk, data[:2000], lzma2Header(0))), // a block hidden in a chunk
+		xzSized[0], // blocks whose headers give their sizes
+		xzSized[2], // and some that do not
 		zst,
 		zstSized,
 		append(bytes.Clone(zstSized), zstSized...),                          // two frames
@@ -117,7 +120,13 @@ type decoded struct {
 // checks the errors on the way.
 func decodeBounded(t *testing.T, c detect.Compression, r io.Reader) decoded {
 	t.Helper()
-	d, err := NewReader(c, r)
+	return decodeBoundedWith(t, c, r, defaultXZOptions())
+}
+
+// decodeBoundedWith is decodeBounded with the options o of an xz decoder.
+func decodeBoundedWith(t *testing.T, c detect.Compression, r io.Reader, o xzOptions) decoded {
+	t.Helper()
+	d, err := newReader(c, r, o)
 	if err != nil {
 		if d != nil {
 			t.Fatalf("%s: NewReader returned a reader with its error %v", c, err)

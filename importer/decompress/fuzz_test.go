@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"io"
+	"slices"
 	"testing"
 
 	"github.com/klauspost/compress/zstd"
@@ -78,5 +79,52 @@ func FuzzZstdSize(f *testing.F) {
 	f.Add([]byte{0x28, 0xb5, 0x2f, 0xfd})
 	f.Fuzz(func(t *testing.T, head []byte) {
 		checkZstdSize(t, head)
+	})
+}
+
+// xzParallelSeeds returns small .xz files whose blocks the decoder hands
+// to workers.
+func xzParallelSeeds(tb testing.TB) [][]byte {
+	data := disk(tb, 3000)
+	small := func(n, dict int) xzTestBlock { return xzTestBlock{data: data[:n], dict: dict} }
+	one := buildXZ(tb, xzCheckCRC32, small(700, 4096), small(1, 4096), small(2000, 8192), xzTestBlock{})
+	checks := slices.Concat(buildXZ(tb, xzCheckCRC64, small(300, 4096), small(500, 4096)), make([]byte, 4),
+		buildXZ(tb, xzCheckSHA256, small(100, 4096)), buildXZ(tb, xzCheckNone, small(400, 4096), small(3000, 4096)))
+	mixed := buildXZ(tb, xzCheckCRC32, small(600, 4096), xzTestBlock{data: data[:900], dict: 4096, noSizes: true}, small(1500, 4096))
+	return [][]byte{one, checks, mixed}
+}
+
+// FuzzXZParallel checks that the blocks of an .xz file decoded on workers
+// decode as serially: to the same bytes as far as both go, with the same
+// kind of end when both end before fuzzMaxOutput bytes, and to the same
+// output when one of them decodes the input to its end. Two workers read
+// the input in pieces, one worker with too little memory for two blocks
+// at once reads it whole.
+func FuzzXZParallel(f *testing.F) {
+	seeds := xzParallelSeeds(f)
+	for _, s := range seeds {
+		f.Add(s)
+	}
+	f.Add(seeds[0][:len(seeds[0])-30])
+	bad := slices.Clone(seeds[0])
+	bad[len(bad)/2] ^= 0x10
+	f.Add(bad)
+	f.Fuzz(func(t *testing.T, in []byte) {
+		ser := decodeBoundedWith(t, detect.XZ, bytes.NewReader(in), xzOptions{})
+		for _, par := range []decoded{
+			decodeBoundedWith(t, detect.XZ, &chunkReader{b: in, next: len(in) % 13}, xzOptions{workers: 2, memory: XZParallelMemory}),
+			decodeBoundedWith(t, detect.XZ, bytes.NewReader(in), xzOptions{workers: 1, memory: 64 << 10}),
+		} {
+			n := min(len(ser.out), len(par.out))
+			if !bytes.Equal(ser.out[:n], par.out[:n]) {
+				t.Fatalf("the output differs from the serial decoder's from byte %d", firstDiffByte(ser.out, par.out))
+			}
+			switch {
+			case ser.end == par.end && (ser.end != "EOF" || len(ser.out) == len(par.out)):
+			case ser.end == "limit" && par.end != "EOF", par.end == "limit" && ser.end != "EOF":
+			default:
+				t.Fatalf("%d bytes and %s (%v); serially %d bytes and %s (%v)", len(par.out), par.end, par.err, len(ser.out), ser.end, ser.err)
+			}
+		}
 	})
 }

@@ -231,13 +231,25 @@ func fakeXZSparse(records []xzRecord) *sparseFile {
 // its blocks, and its index and footer.
 func fakeXZParts(records []xzRecord) (head []byte, blocks int64, tail []byte) {
 	flags := []byte{0, 0x01} // CRC32
-	head = append(head, xzHeaderMagic...)
-	head = append(head, flags...)
-	head = binary.LittleEndian.AppendUint32(head, crc32.ChecksumIEEE(flags))
+	head = xzStreamHeader(flags)
+	for _, r := range records {
+		blocks += (r.unpadded + 3) &^ 3
+	}
+	return head, blocks, xzIndexAndFooter(records, flags)
+}
+
+// xzStreamHeader returns a stream header with the stream flags flags.
+func xzStreamHeader(flags []byte) []byte {
+	head := slices.Concat(xzHeaderMagic, flags)
+	return binary.LittleEndian.AppendUint32(head, crc32.ChecksumIEEE(flags))
+}
+
+// xzIndexAndFooter returns the index of a stream of the given blocks and
+// the stream footer, with the stream flags flags.
+func xzIndexAndFooter(records []xzRecord, flags []byte) []byte {
 	index := []byte{0}
 	index = binary.AppendUvarint(index, uint64(len(records)))
 	for _, r := range records {
-		blocks += (r.unpadded + 3) &^ 3
 		index = binary.AppendUvarint(index, uint64(r.unpadded))
 		index = binary.AppendUvarint(index, uint64(r.uncompressed))
 	}
@@ -245,8 +257,7 @@ func fakeXZParts(records []xzRecord) (head []byte, blocks int64, tail []byte) {
 		index = append(index, 0)
 	}
 	index = binary.LittleEndian.AppendUint32(index, crc32.ChecksumIEEE(index))
-	tail = append(index, fakeXZFooter(uint32(len(index)/4-1), flags)...)
-	return head, blocks, tail
+	return append(index, fakeXZFooter(uint32(len(index)/4-1), flags)...)
 }
 
 // sparseFile is a file of head, gap zero bytes and tail.

@@ -32,6 +32,13 @@ import (
 // sizes and ends the data after the end marker whatever the decoder makes
 // of it: a decoder out of step with the chunks fails the block.
 //
+// A block whose header gives both its sizes, as xz -T0 and xz
+// --block-size write them, and two of which fit in XZParallelMemory, is
+// read whole and decoded on a worker goroutine (see xzPool) while the
+// blocks before it are still being decoded or read; the output stays in
+// order. Other blocks are decoded here, as they are read, once the blocks
+// before them are done.
+//
 // Whatever does not parse as the format is corrupt: the read fails there.
 // There is no other parser to leave it to, and the input is not a valid
 // .xz file, which xz -d refuses too. Every stream's blocks are checked
@@ -42,18 +49,61 @@ type xzDecoder struct {
 
 	// The current stream.
 	checkType byte
-	blocks    xzRecords // the blocks decoded so far
+	blocks    xzRecords // the blocks read so far
 	between   bool      // after the footer: stream padding, another stream or the end
 
-	// The current block, while lz is not nil.
-	lz               io.Reader
-	data             lzma2Data
-	check            hash.Hash // nil for no check
-	headerLen        int64
-	compressed, size int64 // from the block header, or -1
-	out              int64 // bytes decoded
+	// The block whose header was read last and that is neither decoded
+	// nor handed to the workers yet, while held is true.
+	next xzBlockInfo
+	held bool
+	// What the input holds after the blocks read so far, once known:
+	// io.EOF at its end, or the error that ends the decoding there.
+	tail error
+
+	par     *xzPool // the workers, from the first block they can take
+	opts    xzOptions
+	filling *xzJob // the block handed to them whose data is being read
+
+	// The block decoded here, while lz is not nil.
+	lz    io.Reader
+	data  lzma2Data
+	check hash.Hash // nil for no check
+	cur   xzBlockInfo
+	out   int64 // bytes decoded
 
 	buf [1024]byte // a block header, or a block's padding and check
+}
+
+// xzBlockInfo is what a block header says of its block.
+type xzBlockInfo struct {
+	headerLen        int64
+	compressed, size int64  // -1 when the header does not say
+	dict             uint64 // the LZMA2 dictionary size
+	checkType        byte   // of the block's stream
+}
+
+// checkLen returns the size of the check field of a block of a stream
+// whose check is t.
+func checkLen(t byte) int {
+	switch t {
+	case xzCheckCRC32:
+		return 4
+	case xzCheckCRC64:
+		return 8
+	case xzCheckSHA256:
+		return 32
+	}
+	return 0
+}
+
+// padLen returns the size of the block padding after the block's
+// compressed data, of n bytes.
+func (b *xzBlockInfo) padLen(n int64) int { return int(-(b.headerLen + n) & 3) }
+
+// unpadded returns the block's unpadded size, as its index record gives it,
+// for n bytes of compressed data.
+func (b *xzBlockInfo) unpadded(n int64) uint64 {
+	return uint64(b.headerLen+n) + uint64(checkLen(b.checkType))
 }
 
 // Properties of the .xz format.
@@ -82,8 +132,8 @@ func truncated(err error) error {
 }
 
 // newXZDecoder reads the header of the first stream of in.
-func newXZDecoder(in *bufio.Reader) (*xzDecoder, error) {
-	x := &xzDecoder{in: in}
+func newXZDecoder(in *bufio.Reader, o xzOptions) (*xzDecoder, error) {
+	x := &xzDecoder{in: in, opts: o}
 	var h [xzHeaderLen]byte
 	if _, err := io.ReadFull(in, h[:]); err != nil {
 		return nil, err
@@ -94,79 +144,197 @@ func newXZDecoder(in *bufio.Reader) (*xzDecoder, error) {
 	return x, nil
 }
 
+// Read reads the output of the blocks in order: of the block decoded
+// here, or of the first one handed to the workers, once it has handed out
+// the blocks that follow as far as it may.
 func (x *xzDecoder) Read(p []byte) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
 	for {
-		if x.lz == nil {
-			if err := x.next(); err != nil {
-				return 0, err
+		if x.lz != nil {
+			n, err := x.readBlock(p)
+			if n > 0 || err != nil || x.lz != nil {
+				return n, err
 			}
 			continue
 		}
-		n, err := x.lz.Read(p)
-		if x.check != nil {
-			x.check.Write(p[:n])
+		x.readAhead()
+		if x.filling != nil && !x.par.ready() {
+			x.fill()
+			continue
 		}
-		x.out += int64(n)
-		switch {
-		case x.size >= 0 && x.out > x.size:
-			return n, fmt.Errorf("block decodes to more than the %d bytes its header says", x.size)
-		case x.compressed >= 0 && x.data.n > x.compressed:
-			return n, fmt.Errorf("block has more than the %d compressed bytes its header says", x.compressed)
-		case err == io.EOF:
-			x.lz = nil
-			if err := x.endBlock(); err != nil || n > 0 {
+		if x.par.busy() {
+			n, err := x.par.read(p)
+			if errors.Is(err, errInputEnded) {
+				err = x.tail
+			}
+			if err != nil {
+				x.par.stop()
+			}
+			if n > 0 || err != nil {
 				return n, err
 			}
-		case err != nil:
-			return n, err
-		default:
-			return n, nil
+			continue
+		}
+		if x.held {
+			if err := x.startBlock(); err != nil {
+				x.tail = err
+			}
+			continue
+		}
+		x.par.stop()
+		return 0, x.tail
+	}
+}
+
+// Close stops the workers, if any, and waits for them.
+func (x *xzDecoder) Close() {
+	x.par.stop()
+}
+
+// readBlock reads from the block decoded here. It leaves x.lz nil at the
+// end of the block, once its end has checked out.
+func (x *xzDecoder) readBlock(p []byte) (int, error) {
+	n, err := x.lz.Read(p)
+	if x.check != nil {
+		x.check.Write(p[:n])
+	}
+	x.out += int64(n)
+	switch {
+	case x.cur.size >= 0 && x.out > x.cur.size:
+		return n, fmt.Errorf("block decodes to more than the %d bytes its header says", x.cur.size)
+	case x.cur.compressed >= 0 && x.data.n > x.cur.compressed:
+		return n, fmt.Errorf("block has more than the %d compressed bytes its header says", x.cur.compressed)
+	case err == io.EOF:
+		x.lz = nil
+		return n, x.endBlock()
+	}
+	return n, err
+}
+
+// readAhead reads block headers and hands their blocks to the workers for
+// as long as they may take more, and until a block that is to be decoded
+// here, the end of the input or an error, or a block whose data is not
+// read whole yet.
+func (x *xzDecoder) readAhead() {
+	for x.tail == nil && x.filling == nil {
+		if !x.held {
+			if x.par.full() {
+				return
+			}
+			b, err := x.nextBlock()
+			if err != nil {
+				x.tail = err
+				return
+			}
+			x.next, x.held = b, true
+		}
+		cost, ok := x.parallelCost(&x.next)
+		if !ok {
+			return
+		}
+		if x.par == nil {
+			x.par = newXZPool(x.opts)
+		}
+		if !x.par.admit(cost) {
+			return
+		}
+		x.held = false
+		x.dispatch(cost)
+		if x.filling != nil {
+			return
 		}
 	}
 }
 
-// next reads what follows a stream header or a block: a block header, or
-// the index, the footer, stream padding and the next stream's header. It
-// returns io.EOF at the end of the input after a stream and its padding.
-func (x *xzDecoder) next() error {
+// parallelCost returns the memory that decoding the block b on a worker
+// takes (its compressed data, padding and check, its dictionary, its
+// output), and whether it may: when its header gives both sizes, neither
+// more than maxXZParallelBlock, and two such blocks fit in the memory
+// allowed.
+func (x *xzDecoder) parallelCost(b *xzBlockInfo) (int64, bool) {
+	if x.opts.workers < 1 || b.compressed < 0 || b.size < 0 ||
+		b.compressed > maxXZParallelBlock || b.size > maxXZParallelBlock {
+		return 0, false
+	}
+	in := b.compressed + int64(b.padLen(b.compressed)+checkLen(b.checkType))
+	cost := in + int64(workerDictCap(b)) + b.size
+	return cost, 2*cost <= x.opts.memory
+}
+
+// dispatch hands the block held, whose header says its sizes, to the
+// workers, and starts reading its data.
+func (x *xzDecoder) dispatch(cost int64) {
+	b := &x.next
+	n := b.compressed + int64(b.padLen(b.compressed)+checkLen(b.checkType))
+	j := x.par.newJob()
+	j.reset(b, cost, int(n), aheadOf(b.size, x.opts.workers))
+	x.blocks.add(b.unpadded(b.compressed), uint64(b.size))
+	x.par.submit(j)
+	x.filling = j
+	x.fill()
+}
+
+// fill reads the next step of the data of the block being read for the
+// workers.
+func (x *xzDecoder) fill() {
+	j := x.filling
+	if err := j.fill(x.in); err != nil {
+		x.tail = fmt.Errorf("block data, padding and check: %w", truncated(err))
+		j.end(false)
+	}
+	if j.filled() || x.tail != nil {
+		x.filling = nil
+	}
+}
+
+// nextBlock reads what follows a stream header or a block: a block header
+// or the index, the footer, stream padding and the next stream's header,
+// up to the next block header. It returns io.EOF at the end of the input
+// after a stream and its padding.
+func (x *xzDecoder) nextBlock() (xzBlockInfo, error) {
 	for {
 		if x.between {
-			var w [4]byte
-			if n, err := io.ReadFull(x.in, w[:]); err != nil {
-				if n == 0 && err == io.EOF {
-					return io.EOF
-				}
-				return fmt.Errorf("stream padding: %w", err)
-			}
-			if w == [4]byte{} {
-				continue
-			}
-			var h [xzHeaderLen]byte
-			copy(h[:], w[:])
-			if _, err := io.ReadFull(x.in, h[4:]); err != nil {
-				return fmt.Errorf("stream header: %w", truncated(err))
-			}
-			if err := x.streamHeader(h[:]); err != nil {
-				return err
+			if err := x.nextStream(); err != nil {
+				return xzBlockInfo{}, err
 			}
 			continue
 		}
 		b, err := x.in.ReadByte()
 		if err != nil {
-			return fmt.Errorf("block header or index: %w", truncated(err))
+			return xzBlockInfo{}, fmt.Errorf("block header or index: %w", truncated(err))
 		}
 		if b == 0 {
 			if err := x.index(); err != nil {
-				return err
+				return xzBlockInfo{}, err
 			}
 			x.between = true
 			continue
 		}
 		return x.blockHeader(b)
 	}
+}
+
+// nextStream reads stream padding, four bytes of it, or the header of the
+// next stream. It returns io.EOF at the end of the input.
+func (x *xzDecoder) nextStream() error {
+	var w [4]byte
+	if n, err := io.ReadFull(x.in, w[:]); err != nil {
+		if n == 0 && err == io.EOF {
+			return io.EOF
+		}
+		return fmt.Errorf("stream padding: %w", err)
+	}
+	if w == [4]byte{} {
+		return nil
+	}
+	var h [xzHeaderLen]byte
+	copy(h[:], w[:])
+	if _, err := io.ReadFull(x.in, h[4:]); err != nil {
+		return fmt.Errorf("stream header: %w", truncated(err))
+	}
+	return x.streamHeader(h[:])
 }
 
 // streamHeader starts the stream whose header is h.
@@ -190,21 +358,9 @@ func (x *xzDecoder) streamHeader(h []byte) error {
 	return nil
 }
 
-// checkLen returns the size of the check field of the current stream.
-func (x *xzDecoder) checkLen() int {
-	switch x.checkType {
-	case xzCheckCRC32:
-		return 4
-	case xzCheckCRC64:
-		return 8
-	case xzCheckSHA256:
-		return 32
-	}
-	return 0
-}
-
-func (x *xzDecoder) newCheck() hash.Hash {
-	switch x.checkType {
+// newCheck returns the hash of the check type t, nil for none.
+func newCheck(t byte) hash.Hash {
+	switch t {
 	case xzCheckCRC32:
 		return crc32.NewIEEE()
 	case xzCheckCRC64:
@@ -215,23 +371,32 @@ func (x *xzDecoder) newCheck() hash.Hash {
 	return nil
 }
 
-// blockHeader reads the header of a block, whose first byte is size, and
-// starts decoding the block. It refuses, before the LZMA2 decoder exists,
-// a block that needs a filter other than LZMA2 or a dictionary larger than
-// MaxXZDict.
-func (x *xzDecoder) blockHeader(size byte) error {
+// blockHeader reads the header of a block, whose first byte is size. It
+// refuses a block that needs a filter other than LZMA2 or a dictionary
+// larger than MaxXZDict.
+func (x *xzDecoder) blockHeader(size byte) (xzBlockInfo, error) {
 	n := (int(size) + 1) * 4
 	h := x.buf[:n]
 	h[0] = size
 	if _, err := io.ReadFull(x.in, h[1:]); err != nil {
-		return fmt.Errorf("block header: %w", truncated(err))
+		return xzBlockInfo{}, fmt.Errorf("block header: %w", truncated(err))
 	}
+	b, err := parseBlockHeader(h)
+	b.checkType = x.checkType
+	return b, err
+}
+
+// parseBlockHeader parses the block header h, whose length its first byte
+// gives.
+func parseBlockHeader(h []byte) (xzBlockInfo, error) {
+	n := len(h)
+	b := xzBlockInfo{headerLen: int64(n)}
 	if crc32.ChecksumIEEE(h[:n-4]) != binary.LittleEndian.Uint32(h[n-4:]) {
-		return errors.New("block header CRC32 mismatch")
+		return b, errors.New("block header CRC32 mismatch")
 	}
 	flags := h[1]
 	if flags&xzBlockFlagRes != 0 {
-		return fmt.Errorf("reserved block flags %#x set", flags)
+		return b, fmt.Errorf("reserved block flags %#x set", flags)
 	}
 	p := h[2 : n-4]
 	sizes := [2]int64{-1, -1} // compressed, uncompressed
@@ -239,50 +404,66 @@ func (x *xzDecoder) blockHeader(size byte) error {
 		if flags&bit != 0 {
 			v, k := decodeVLI(p)
 			if k == 0 || i == 0 && v == 0 {
-				return errors.New("bad size in block header")
+				return b, errors.New("bad size in block header")
 			}
 			sizes[i], p = int64(v), p[k:]
 		}
 	}
+	b.compressed, b.size = sizes[0], sizes[1]
+	props, p, err := parseFilters(p, int(flags&3)+1)
+	if err != nil {
+		return b, err
+	}
+	if !allZero(p) {
+		return b, errors.New("non-zero block header padding")
+	}
+	b.dict = lzma2Dict(props)
+	if b.dict > MaxXZDict {
+		return b, xzUnsupported("dictionary of %d MiB, more than the %d MiB allowed", b.dict>>20, MaxXZDict>>20)
+	}
+	return b, nil
+}
+
+// parseFilters parses the count filter flags at the start of p, which
+// must be LZMA2 alone, and returns its properties byte and the rest of p.
+func parseFilters(p []byte, count int) (byte, []byte, error) {
 	var props byte
-	for i, count := 0, int(flags&3)+1; i < count; i++ {
+	for i := 0; i < count; i++ {
 		id, k := decodeVLI(p)
 		if k == 0 {
-			return errors.New("bad filter ID in block header")
+			return 0, nil, errors.New("bad filter ID in block header")
 		}
 		p = p[k:]
 		size, k := decodeVLI(p)
 		if k == 0 || size > uint64(len(p)-k) {
-			return errors.New("bad filter properties in block header")
+			return 0, nil, errors.New("bad filter properties in block header")
 		}
 		prop := p[k : k+int(size)]
 		p = p[k+int(size):]
 		switch {
 		case id != lzma2Filter:
-			return xzUnsupported("filter %#x (only LZMA2 is supported)", id)
+			return 0, nil, xzUnsupported("filter %#x (only LZMA2 is supported)", id)
 		case i != count-1:
-			return errors.New("LZMA2 filter not last")
+			return 0, nil, errors.New("LZMA2 filter not last")
 		case size != 1 || prop[0] > 40:
-			return errors.New("bad LZMA2 properties")
+			return 0, nil, errors.New("bad LZMA2 properties")
 		}
 		props = prop[0]
 	}
-	if !allZero(p) {
-		return errors.New("non-zero block header padding")
-	}
-	dict := lzma2Dict(props)
-	if dict > MaxXZDict {
-		return xzUnsupported("dictionary of %d MiB, more than the %d MiB allowed", dict>>20, MaxXZDict>>20)
-	}
+	return props, p, nil
+}
+
+// startBlock starts decoding the block held here.
+func (x *xzDecoder) startBlock() error {
+	x.held = false
 	x.data = lzma2Data{in: x.in}
-	lz, err := lzma.Reader2Config{DictCap: int(dict)}.NewReader2(&x.data)
+	lz, err := lzma.Reader2Config{DictCap: int(x.next.dict)}.NewReader2(&x.data)
 	if err != nil {
 		return err
 	}
 	x.lz = lz
-	x.check = x.newCheck()
-	x.headerLen = int64(n)
-	x.compressed, x.size = sizes[0], sizes[1]
+	x.cur = x.next
+	x.check = newCheck(x.cur.checkType)
 	x.out = 0
 	return nil
 }
@@ -296,43 +477,54 @@ func lzma2Dict(b byte) uint64 {
 	return uint64(2|b&1) << (b/2 + 11)
 }
 
-// endBlock checks the end of the current block, whose LZMA2 decoder has
-// reported its end: the sizes, the block padding and the check.
+// endBlock checks the end of the block decoded here, whose LZMA2 decoder
+// has reported its end: the sizes, the block padding and the check.
 func (x *xzDecoder) endBlock() error {
 	if !x.data.done {
 		return errors.New("LZMA2 data ends before its end marker")
 	}
+	b := &x.cur
 	comp := x.data.n
-	if x.compressed >= 0 && comp != x.compressed {
-		return fmt.Errorf("block of %d compressed bytes, its header says %d", comp, x.compressed)
+	if b.compressed >= 0 && comp != b.compressed {
+		return fmt.Errorf("block of %d compressed bytes, its header says %d", comp, b.compressed)
 	}
-	if x.size >= 0 && x.out != x.size {
-		return fmt.Errorf("block decodes to %d bytes, its header says %d", x.out, x.size)
+	if b.size >= 0 && x.out != b.size {
+		return fmt.Errorf("block decodes to %d bytes, its header says %d", x.out, b.size)
 	}
-	pad := int(-(x.headerLen + comp) & 3)
-	cl := x.checkLen()
-	b := x.buf[:pad+cl]
-	if _, err := io.ReadFull(x.in, b); err != nil {
+	pad, cl := b.padLen(comp), checkLen(b.checkType)
+	tail := x.buf[:pad+cl]
+	if _, err := io.ReadFull(x.in, tail); err != nil {
 		return fmt.Errorf("block padding and check: %w", truncated(err))
 	}
-	if !allZero(b[:pad]) {
+	if err := checkBlockTail(tail, pad, x.check, x.buf[pad+cl:pad+cl]); err != nil {
+		return err
+	}
+	x.blocks.add(b.unpadded(comp), uint64(x.out))
+	return nil
+}
+
+// checkBlockTail checks the block padding, pad bytes, and the check field
+// after it, in tail, against the check h of the block's output (nil for
+// none). It appends the check it computes to scratch.
+func checkBlockTail(tail []byte, pad int, h hash.Hash, scratch []byte) error {
+	if !allZero(tail[:pad]) {
 		return errors.New("non-zero block padding")
 	}
-	if x.check != nil {
-		var sum []byte
-		switch h := x.check.(type) {
-		case hash.Hash32:
-			sum = binary.LittleEndian.AppendUint32(x.buf[pad+cl:pad+cl], h.Sum32())
-		case hash.Hash64:
-			sum = binary.LittleEndian.AppendUint64(x.buf[pad+cl:pad+cl], h.Sum64())
-		default:
-			sum = h.Sum(x.buf[pad+cl : pad+cl])
-		}
-		if !bytes.Equal(sum, b[pad:]) {
-			return errors.New("block check mismatch")
-		}
+	if h == nil {
+		return nil
 	}
-	x.blocks.add(uint64(x.headerLen+comp)+uint64(cl), uint64(x.out))
+	var sum []byte
+	switch h := h.(type) {
+	case hash.Hash32:
+		sum = binary.LittleEndian.AppendUint32(scratch, h.Sum32())
+	case hash.Hash64:
+		sum = binary.LittleEndian.AppendUint64(scratch, h.Sum64())
+	default:
+		sum = h.Sum(scratch)
+	}
+	if !bytes.Equal(sum, tail[pad:]) {
+		return errors.New("block check mismatch")
+	}
 	return nil
 }
 
@@ -454,10 +646,18 @@ func allZero(b []byte) bool {
 // the chunks, skipping the data of each by its size, and ends after the
 // end marker. The decoder reads an LZMA chunk's packed data a byte at a
 // time.
+//
+// In whole mode, for a block read whole and decoded on a worker by a
+// decoder that goes on to the next block (see xzWorker), it keeps the end
+// marker from the decoder, failing the read with errLZMA2End there, and
+// refuses LZMA2 data that does not start with a dictionary reset, as a
+// new decoder would.
 type lzma2Data struct {
-	in   *bufio.Reader
-	n    int64 // bytes read
-	done bool  // the end marker has been read
+	in    *bufio.Reader // or, in whole mode:
+	block *blockBytes
+	whole bool
+	n     int64 // bytes read
+	done  bool  // the end marker has been read
 
 	state chunkState
 	left  int     // bytes left in the current chunk header or data
@@ -474,7 +674,11 @@ const (
 	chunkData
 )
 
-var errLZMA2Overrun = errors.New("the decoder reads past the LZMA2 end marker")
+var (
+	errLZMA2Overrun = errors.New("the decoder reads past the LZMA2 end marker")
+	errLZMA2End     = errors.New("the LZMA2 data ends")
+	errNoDictReset  = errors.New("LZMA2 data that starts without a dictionary reset")
+)
 
 func (d *lzma2Data) Read(p []byte) (int, error) {
 	if len(p) == 0 {
@@ -510,9 +714,16 @@ func (d *lzma2Data) Read(p []byte) (int, error) {
 	if k == 0 {
 		return 0, err
 	}
-	switch c := p[0]; {
+	c := p[0]
+	if d.whole && d.n == 1 && c != 0x00 && c != 0x01 && c < 0xe0 {
+		return 0, errNoDictReset
+	}
+	switch {
 	case c == 0x00:
 		d.done = true
+		if d.whole {
+			return 0, errLZMA2End
+		}
 		return 1, nil
 	case c == 0x01 || c == 0x02:
 		d.lzma, d.left = false, 2
@@ -531,7 +742,7 @@ func (d *lzma2Data) Read(p []byte) (int, error) {
 // read reads at least one byte into p, unless the input fails or ends.
 func (d *lzma2Data) read(p []byte) (int, error) {
 	if len(p) == 1 {
-		b, err := d.in.ReadByte()
+		b, err := d.readByte()
 		if err != nil {
 			return 0, fmt.Errorf("LZMA2 data: %w", truncated(err))
 		}
@@ -539,7 +750,13 @@ func (d *lzma2Data) read(p []byte) (int, error) {
 		d.n++
 		return 1, nil
 	}
-	k, err := d.in.Read(p)
+	var k int
+	var err error
+	if d.whole {
+		k, err = d.block.Read(p)
+	} else {
+		k, err = d.in.Read(p)
+	}
 	if k == 0 {
 		if err == nil {
 			return d.read(p[:1])
@@ -548,4 +765,13 @@ func (d *lzma2Data) read(p []byte) (int, error) {
 	}
 	d.n += int64(k)
 	return k, nil
+}
+
+// readByte reads a byte of the input. (Not through an interface: this is
+// the decoder's inner loop.)
+func (d *lzma2Data) readByte() (byte, error) {
+	if d.whole {
+		return d.block.ReadByte()
+	}
+	return d.in.ReadByte()
 }
