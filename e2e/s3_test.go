@@ -2,14 +2,9 @@ package e2e
 
 import (
 	"bytes"
-	"crypto/tls"
-	"crypto/x509"
 	"io"
-	"net"
 	"net/http"
 	"net/http/httptest"
-	"net/http/httputil"
-	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -30,7 +25,7 @@ func TestS3Store(t *testing.T) {
 	needE2E(t)
 	t.Parallel()
 	front := newStoreFront(t)
-	r := registry.StartT(t, registry.Options{S3: &registry.S3Options{RedirectEndpoint: front.url}})
+	r := registry.StartT(t, registry.Options{S3: &registry.S3Options{RedirectEndpoint: front.URL}})
 	front.serve(t, r)
 	disk := exportDisk(48<<20, 32<<20)
 	src := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
@@ -86,8 +81,7 @@ func exportThroughStore(t *testing.T, r *registry.Registry, front *storeFront, d
 // refuse, from a point on, the URLs signed before it as expired, as S3
 // does once a URL's lifetime has passed.
 type storeFront struct {
-	url      string
-	listener net.Listener
+	*registry.Front
 	mu       sync.Mutex
 	s        frontStats
 	expireAt int       // after this many requests, expire what was signed before; 0: never
@@ -103,40 +97,30 @@ type frontStats struct {
 
 func newStoreFront(t *testing.T) *storeFront {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	front, err := registry.NewFront()
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &storeFront{url: "https://" + l.Addr().String(), listener: l}
+	t.Cleanup(front.Close)
+	f := &storeFront{Front: front}
+	front.Intercept = func(w http.ResponseWriter, req *http.Request) bool {
+		if !f.record(req) {
+			return false
+		}
+		w.Header().Set("Content-Type", "application/xml")
+		w.WriteHeader(http.StatusForbidden)
+		io.WriteString(w, `<?xml version="1.0" encoding="UTF-8"?><Error><Code>AccessDenied</Code><Message>Request has expired</Message></Error>`)
+		return true
+	}
+	return f
 }
 
-// serve serves TLS with r's certificate and forwards to r's store.
+// serve forwards to r's store.
 func (f *storeFront) serve(t *testing.T, r *registry.Registry) {
 	t.Helper()
-	cert, err := tls.LoadX509KeyPair(filepath.Join(r.Dir, "cert.pem"), filepath.Join(r.Dir, "key.pem"))
-	if err != nil {
+	if err := f.Serve(r); err != nil {
 		t.Fatal(err)
 	}
-	pool := x509.NewCertPool()
-	pool.AppendCertsFromPEM(r.CAPEM)
-	proxy := &httputil.ReverseProxy{
-		Rewrite: func(pr *httputil.ProxyRequest) {
-			pr.SetURL(&url.URL{Scheme: "https", Host: r.Store.Addr})
-			pr.Out.Host = pr.In.Host
-		},
-		Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}},
-	}
-	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
-		if f.record(req) {
-			w.Header().Set("Content-Type", "application/xml")
-			w.WriteHeader(http.StatusForbidden)
-			io.WriteString(w, `<?xml version="1.0" encoding="UTF-8"?><Error><Code>AccessDenied</Code><Message>Request has expired</Message></Error>`)
-			return
-		}
-		proxy.ServeHTTP(w, req)
-	}), TLSConfig: &tls.Config{Certificates: []tls.Certificate{cert}}}
-	go srv.ServeTLS(f.listener, "", "")
-	t.Cleanup(func() { srv.Close() })
 }
 
 // record notes req and reports whether to refuse it as expired.

@@ -4,18 +4,13 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
-	"crypto/tls"
-	"crypto/x509"
 	"encoding/hex"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
-	"net/http/httputil"
-	"net/url"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -102,13 +97,13 @@ func newFixture() (*fixture, error) {
 	if err != nil {
 		return nil, err
 	}
-	reg, err := registry.Start(ctx, registry.Options{S3: &registry.S3Options{RedirectEndpoint: front.url}})
+	reg, err := registry.Start(ctx, registry.Options{S3: &registry.S3Options{RedirectEndpoint: front.URL}})
 	if err != nil {
-		front.close()
+		front.Close()
 		return nil, err
 	}
-	stopFix = func() { front.close(); reg.Stop() }
-	if err := front.serve(reg); err != nil {
+	stopFix = func() { front.Close(); reg.Stop() }
+	if err := front.Serve(reg); err != nil {
 		return nil, err
 	}
 	f := &fixture{reg: reg, front: front, disk: make([]byte, diskSize)}
@@ -188,15 +183,11 @@ func pushIndex(ctx context.Context, reg *registry.Registry, src, dst string) err
 	return remote.WriteIndex(dref, idx, opts...)
 }
 
-// storeFront stands where the registry's presigned URLs point and
-// forwards to the S3 store with the Host it received, which the signature
-// covers. It counts the bytes the store serves of each blob, can flip a
-// byte of each response for one blob (a store serving wrong bytes), and
-// calls a hook as bytes go by.
+// storeFront counts the bytes the store serves of each blob through a
+// registry.Front, can flip a byte of each response for one blob (a store
+// serving wrong bytes), and calls a hook as bytes go by.
 type storeFront struct {
-	url      string
-	listener net.Listener
-	srv      *http.Server
+	*registry.Front
 
 	mu      sync.Mutex
 	served  map[string]int64 // blob hex → body bytes served
@@ -206,11 +197,12 @@ type storeFront struct {
 }
 
 func newStoreFront() (*storeFront, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	front, err := registry.NewFront()
 	if err != nil {
 		return nil, err
 	}
-	f := &storeFront{url: "https://" + l.Addr().String(), listener: l}
+	f := &storeFront{Front: front}
+	front.ModifyResponse = f.count
 	f.reset()
 	return f, nil
 }
@@ -218,43 +210,18 @@ func newStoreFront() (*storeFront, error) {
 // blobPath finds the blob's hex in the store's path of its data.
 var blobPath = regexp.MustCompile(`/blobs/sha256/[0-9a-f]{2}/([0-9a-f]{64})/data`)
 
-func (f *storeFront) serve(r *registry.Registry) error {
-	cert, err := tls.LoadX509KeyPair(filepath.Join(r.Dir, "cert.pem"), filepath.Join(r.Dir, "key.pem"))
-	if err != nil {
-		return err
+// count wraps the body of a blob GET's response.
+func (f *storeFront) count(resp *http.Response) error {
+	m := blobPath.FindStringSubmatch(resp.Request.URL.Path)
+	if m == nil || resp.Request.Method != http.MethodGet {
+		return nil
 	}
-	pool := x509.NewCertPool()
-	pool.AppendCertsFromPEM(r.CAPEM)
-	proxy := &httputil.ReverseProxy{
-		Rewrite: func(pr *httputil.ProxyRequest) {
-			pr.SetURL(&url.URL{Scheme: "https", Host: r.Store.Addr})
-			pr.Out.Host = pr.In.Host
-		},
-		Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}},
-		ModifyResponse: func(resp *http.Response) error {
-			m := blobPath.FindStringSubmatch(resp.Request.URL.Path)
-			if m == nil || resp.Request.Method != http.MethodGet {
-				return nil
-			}
-			f.mu.Lock()
-			f.gets[m[1]]++
-			corrupt := f.corrupt == m[1]
-			f.mu.Unlock()
-			resp.Body = &countingBody{ReadCloser: resp.Body, f: f, hex: m[1], corrupt: corrupt}
-			return nil
-		},
-	}
-	f.srv = &http.Server{Handler: proxy, TLSConfig: &tls.Config{Certificates: []tls.Certificate{cert}}}
-	go f.srv.ServeTLS(f.listener, "", "")
+	f.mu.Lock()
+	f.gets[m[1]]++
+	corrupt := f.corrupt == m[1]
+	f.mu.Unlock()
+	resp.Body = &countingBody{ReadCloser: resp.Body, f: f, hex: m[1], corrupt: corrupt}
 	return nil
-}
-
-func (f *storeFront) close() {
-	if f.srv != nil {
-		f.srv.Close()
-	} else {
-		f.listener.Close()
-	}
 }
 
 func (f *storeFront) reset() {
