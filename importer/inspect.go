@@ -41,6 +41,10 @@ type Info struct {
 	// Compression is the compression container: none, gzip, xz, zstd or
 	// bzip2.
 	Compression string `json:"compression"`
+	// XZParallel, for an xz source, tells whether its blocks are decoded
+	// on every CPU the import has (their headers state their sizes, as
+	// xz -T0 writes them) or one after the other (single-threaded xz).
+	XZParallel *bool `json:"xz_parallel,omitempty"`
 	// Format is the disk format after decompression: raw, qcow2, iso, or
 	// one an import refuses (vmdk, vhd, vhdx, vdi). Empty when it could
 	// not be told: a nested compression, a corrupt compressed stream.
@@ -326,6 +330,11 @@ func inspectDisk(ctx context.Context, in *inspected) (refusal error, err error) 
 	}
 	c := detect.CompressionOf(sourceHead)
 	info.Compression = string(c)
+	if c == detect.XZ {
+		if parallel, err := decompress.XZParallel(sourceHead); err == nil {
+			info.XZParallel = &parallel
+		}
+	}
 	head := sourceHead
 	if c != detect.None {
 		head, err = decodedHead(c, io.MultiReader(bytes.NewReader(sourceHead), in.head), src.display)

@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"reflect"
 	"strings"
@@ -193,7 +194,7 @@ func TestInspect(t *testing.T) {
 		},
 		{
 			name: "qcow2.xz", data: imgXZ, serve: rangeServer,
-			want: importer.Info{Kind: "http", Compression: "xz", Format: "qcow2", SizeAsDownloaded: int64(len(imgXZ)),
+			want: importer.Info{Kind: "http", Compression: "xz", XZParallel: new(false), Format: "qcow2", SizeAsDownloaded: int64(len(imgXZ)),
 				DiskSize: int64(len(img)), SizeFrom: "xz-index", VirtualSize: int64(len(guest)), QCOW2: qcow2Info,
 				ConvertRaw: "spool", RangeRequests: new(true), ETag: `"v1"`},
 			check: func(t *testing.T, info *importer.Info, s served) {
@@ -241,7 +242,7 @@ func TestInspect(t *testing.T) {
 		},
 		{
 			name: "raw.xz from a server ignoring Range", data: rawXZ, serve: plainServer,
-			want: importer.Info{Kind: "http", Compression: "xz", Format: "raw", SizeAsDownloaded: int64(len(rawXZ)),
+			want: importer.Info{Kind: "http", Compression: "xz", XZParallel: new(false), Format: "raw", SizeAsDownloaded: int64(len(rawXZ)),
 				DiskSize: -1, SizeFrom: "spool", VirtualSize: -1, RangeRequests: new(false)},
 			check: func(t *testing.T, info *importer.Info, s served) {
 				if info.BytesRead > 4*head || len(s.ranges) != 1 {
@@ -276,7 +277,7 @@ func TestInspect(t *testing.T) {
 		},
 		{
 			name: "gzip inside xz", data: nested, serve: rangeServer,
-			want: importer.Info{Kind: "http", Compression: "xz", SizeAsDownloaded: int64(len(nested)),
+			want: importer.Info{Kind: "http", Compression: "xz", XZParallel: new(false), SizeAsDownloaded: int64(len(nested)),
 				DiskSize: int64(len(rawGz)), SizeFrom: "xz-index", VirtualSize: -1, RefuseReason: "UnsupportedFormat", RangeRequests: new(true), ETag: `"v1"`},
 			refuse: "nested compression",
 		},
@@ -444,6 +445,41 @@ func TestInspectHostileHeads(t *testing.T) {
 		}
 		if info.Format == "qcow2" && (info.RefuseReason == "") != (info.QCOW2 != nil) {
 			t.Errorf("case %d: refused %q, qcow2 %+v: want a header exactly when not refused", i, info.ImportRefuses, info.QCOW2)
+		}
+	}
+}
+
+// TestInspectXZParallel: inspect tells an xz source written in blocks that
+// state their sizes (xz -T0, --block-size) from one that is not (a single
+// block without sizes, as ulikunitz/xz and single-threaded xz write it).
+func TestInspectXZParallel(t *testing.T) {
+	t.Parallel()
+	if _, err := exec.LookPath("xz"); err != nil {
+		t.Skip("xz (xz-utils) is not installed")
+	}
+	data := diskBytes(t, 2<<20)
+	cmd := exec.Command("xz", "-0", "-T2", "--block-size=1MiB", "-c")
+	cmd.Stdin = bytes.NewReader(data)
+	blocks, err := cmd.Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	single, err := xzBytes(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		name string
+		xz   []byte
+		want bool
+	}{{"xz --block-size", blocks, true}, {"one block", single, false}} {
+		src := newCountedSource(t, rangeServer(c.xz))
+		info, err := importer.Inspect(testContext(t), inspectOptions(src.url))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if info.XZParallel == nil || *info.XZParallel != c.want {
+			t.Errorf("%s: xz_parallel %v, want %v", c.name, info.XZParallel, c.want)
 		}
 	}
 }

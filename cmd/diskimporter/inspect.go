@@ -133,6 +133,10 @@ func writeInspectText(w io.Writer, info *importer.Info) error {
 		row("disk path", printable(d.DiskPath))
 	}
 	row("compression", info.Compression)
+	if p := info.XZParallel; p != nil {
+		row("xz blocks", map[bool]string{true: "decoded in parallel, on every CPU the import has (sizes in the block headers, as xz -T0 writes)",
+			false: "decoded one after the other (no sizes in the block headers: single-threaded xz; xz -T0 would allow parallel decoding)"}[*p])
+	}
 	row("format", orText(info.Format, "unknown"))
 	row("size as downloaded", byteCount(info.SizeAsDownloaded))
 	row("disk size", byteCount(info.DiskSize))
