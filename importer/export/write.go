@@ -52,8 +52,12 @@ type out interface {
 	// order, each starting where the last ended.
 	write(b []byte, off int64) error
 	// checkpoint makes the bytes before done durable, then records that
-	// the blob's sha256 state after them is state.
+	// the blob's sha256 state after them is state; it may do so in the
+	// background, writes going on meanwhile.
 	checkpoint(done int64, state []byte) error
+	// flush waits for the checkpoint under way, if any, and returns its
+	// error.
+	flush() error
 }
 
 // hashState is the reader of a file output that can resume.
@@ -162,6 +166,10 @@ func (e *exporter) pump(ctx context.Context, cancel context.CancelFunc, r io.Rea
 			last, lastAt = now, written
 		}
 	}
+	if err := o.flush(); werr == nil && err != nil {
+		werr = err
+		cancel()
+	}
 	if werr != nil {
 		return written, werr
 	}
@@ -171,6 +179,9 @@ func (e *exporter) pump(ctx context.Context, cancel context.CancelFunc, r io.Rea
 			state, err := hs.State()
 			if err == nil {
 				err = o.checkpoint(written, state)
+			}
+			if err == nil {
+				err = o.flush()
 			}
 			if err != nil {
 				e.log.Warn("could not save the export's state", "error", err)
@@ -249,6 +260,8 @@ func (s *streamOut) writeAsync(b []byte) error {
 
 func (s *streamOut) checkpoint(int64, []byte) error { return nil }
 
+func (s *streamOut) flush() error { return nil }
+
 // fileOut writes a partial output file at the disk's offsets.
 type fileOut struct {
 	f         *os.File
@@ -257,6 +270,9 @@ type fileOut struct {
 	dense     bool
 	length    int64 // of the file
 	template  resumeState
+	// pending gets the outcome of the checkpoint under way; nil when
+	// none is.
+	pending chan error
 }
 
 func (o *fileOut) write(b []byte, off int64) error {
@@ -295,6 +311,11 @@ func (o *fileOut) writeAt(b []byte, off int64) error {
 	return nil
 }
 
+// checkpoint syncs the file and then writes the state file on a goroutine
+// of its own, so that the disk's bytes keep coming during the sync (which
+// covers every byte written before it starts, so those before done). At
+// most one is under way: the next waits for it, and flush returns its
+// error.
 func (o *fileOut) checkpoint(done int64, state []byte) error {
 	if o.length < done {
 		// Trailing zeros were skipped: the file must still be done
@@ -304,6 +325,27 @@ func (o *fileOut) checkpoint(done int64, state []byte) error {
 		}
 		o.length = done
 	}
+	if err := o.flush(); err != nil {
+		return err
+	}
+	o.pending = make(chan error, 1)
+	go func(ch chan<- error) { ch <- o.persist(done, state) }(o.pending)
+	return nil
+}
+
+func (o *fileOut) flush() error {
+	if o.pending == nil {
+		return nil
+	}
+	err := <-o.pending
+	o.pending = nil
+	return err
+}
+
+// persist makes the file durable, then records in the state file that
+// the bytes before done are written and state is the sha256 state after
+// them.
+func (o *fileOut) persist(done int64, state []byte) error {
 	if err := o.f.Sync(); err != nil {
 		return fmt.Errorf("%w: syncing %s: %w", ErrOutput, o.path, err)
 	}
