@@ -30,6 +30,8 @@ var clients = map[string]func(args []string) error{
 	"gzip-stream-layer": gzipStreamLayer,
 	"put-ceiling":       putCeiling,
 	"cpu-ceiling":       cpuCeiling,
+	"sha256":            sha256File,
+	"get":               plainGet,
 	"make-source":       makeSource,
 	"layer-digest":      layerDigest,
 }
@@ -177,3 +179,58 @@ func cpuCeiling(args []string) error {
 		}
 	}
 }
+
+// sha256File prints the sha256 of FILE, read in 1 MiB reads: the hash of
+// an import, alone.
+func sha256File(args []string) error {
+	if len(args) != 1 {
+		return fmt.Errorf("usage: sha256 FILE")
+	}
+	f, err := os.Open(args[0])
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	h := sha256.New()
+	// onlyReader hides *os.File's WriteTo (which reads 32 KiB at a time):
+	// the reads are 1 MiB.
+	if _, err := io.CopyBuffer(h, onlyReader{f}, make([]byte, 1<<20)); err != nil {
+		return err
+	}
+	_, err = fmt.Printf("sha256:%x\n", h.Sum(nil))
+	return err
+}
+
+// plainGet reads URL with one GET into /dev/null, in 1 MiB reads, over Go's
+// default transport, and prints how many bytes came: the read of an
+// import's source, alone.
+func plainGet(args []string) error {
+	if len(args) != 1 {
+		return fmt.Errorf("usage: get URL")
+	}
+	resp, err := http.Get(args[0])
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("GET %s: %s", args[0], resp.Status)
+	}
+	null, err := os.OpenFile(os.DevNull, os.O_WRONLY, 0)
+	if err != nil {
+		return err
+	}
+	defer null.Close()
+	// onlyWriter keeps *os.File's ReadFrom out: the bytes go through this
+	// process's memory, as an import's do.
+	n, err := io.CopyBuffer(onlyWriter{null}, onlyReader{resp.Body}, make([]byte, 1<<20))
+	if err != nil {
+		return err
+	}
+	_, err = fmt.Println(n)
+	return err
+}
+
+type onlyWriter struct{ io.Writer }
+
+type onlyReader struct{ io.Reader }

@@ -6,6 +6,7 @@
 //	go run ./e2e/bench -markdown       # the same, as a Markdown table
 //	go run ./e2e/bench -size 4GiB -limits 1core -rows diskimporter,put-ceiling
 //	go run ./e2e/bench -faults         # the fault table instead (faults.go)
+//	go run ./e2e/bench -warm           # node warming against containerd's fetch (warm.go)
 //
 // Everything runs on loopback: a real distribution registry (TLS, htpasswd)
 // pinned to the second core, an HTTP source serving a generated disk-like
@@ -17,9 +18,22 @@
 // cgroup v1 CPU group, as a Kubernetes CPU limit holds the Job. Client CPU
 // seconds and peak RSS come from the child's rusage.
 //
-// Without -rows and -limits it runs every row at 2cores, and diskimporter,
-// diskimporter-http2, gzip-stream-layer and put-ceiling at 1core, 750m and
-// 250m. With either flag it runs the cross product of the two lists.
+// The pull rows read the disk back out of distribution with its s3 storage
+// driver on a real S3 store (MinIO over TLS, also on the second core),
+// whose blob GETs answer 307 to presigned URLs: unthrottled, the store
+// itself; throttled (pull-export-N, pull-curl), a pacer before it
+// (pull.go). The table's server CPU column is what the registries, stores,
+// sources and pacer spent during each row. Rows sha256 and get are the
+// parts of an import's work besides the upload (put-ceiling), each alone:
+// the summary sets the import's CPU against their sum at each limit.
+//
+// Without -rows and -limits it runs every row but the pull rows at 2cores;
+// diskimporter, diskimporter-http2, gzip-stream-layer, oras, put-ceiling,
+// sha256 and get at 1core, 750m and 250m; and the pull rows at 1core. With
+// either flag it runs the cross product of the two lists, as in
+//
+//	go run ./e2e/bench -rows diskimporter,put-ceiling,sha256,get,oras,gzip-stream-layer -limits 250m,1core
+//	go run ./e2e/bench -rows pull-export-fast-8,pull-curl-fast,pull-crane,pull-oras,pull-export-1,pull-export-8 -limits 1core -profile-dir /tmp/prof
 package main
 
 import (
@@ -65,14 +79,16 @@ func main() {
 		"rows, comma-separated, of: "+strings.Join(knownRows(), ", ")+
 			" (diskimporter-qcow2, -gz, -xz, -zst import the same disk in those containers); when only -limits is given: "+strings.Join(defaultRows, ","))
 	markdown := flag.Bool("markdown", false, "print the table as Markdown, the header lines as text above it")
+	warmRows := flag.Bool("warm", false, "print the warm table instead: containerd's own fetch of the imported image against diskimporter warm, on a registry on MinIO, unthrottled and throttled (-pull-throttle); needs root and containerd")
 	faults := flag.Bool("faults", false, "print the fault table instead: upload faults (dropped PATCH, SIGKILL and rerun, changed source, forgotten upload, wrong offsets) against a clean import; -rows and -limits do not apply")
 	flag.Float64Var(&pullRate, "pull-throttle", 40e6, "bytes per second each connection to the throttled object store of the pull rows is paced to")
 	flag.Float64Var(&throttle, "throttle", 12.5e6, "bytes per second each connection to the throttled source (rows throttled-N) is paced to")
-	flag.StringVar(&profileDir, "profile-dir", "", "save a 2-second CPU profile of each diskimporter row (taken through --pprof-address) into this directory")
+	flag.StringVar(&profileDir, "profile-dir", "", "save a CPU profile of each diskimporter row, import and export (pull-export-*), taken through --pprof-address, into this directory as ROW-LIMIT.pprof")
+	flag.IntVar(&profileSeconds, "profile-seconds", 2, "length of the -profile-dir profiles, from when the client serves pprof: shorter than the row, or there is none")
 	flag.Usage = func() {
 		fmt.Fprintf(flag.CommandLine.Output(), "usage: go run ./e2e/bench [flags]\n\n"+
-			"Without -rows and -limits: every row at 2cores, and %s at %s.\n"+
-			"With either: every row given under every limit given.\n\n", strings.Join(limitedRows, ", "), strings.Join(limitedLimits, ", "))
+			"Without -rows and -limits: every row but the pull rows at 2cores, %s at %s, and the pull rows at %s.\n"+
+			"With either: every row given under every limit given.\n\n", strings.Join(limitedRows, ", "), strings.Join(limitedLimits, ", "), oneCore)
 		flag.PrintDefaults()
 	}
 	flag.Parse()
@@ -86,8 +102,19 @@ func main() {
 	if throttle <= 0 {
 		log.Fatalf("-throttle %g: want a positive number of bytes per second", throttle)
 	}
+	if profileDir != "" {
+		if err := os.MkdirAll(profileDir, 0o755); err != nil {
+			log.Fatal(err)
+		}
+	}
 	if *faults {
 		if err := runFaults(ctx, n); err != nil {
+			log.Fatal(err)
+		}
+		return
+	}
+	if *warmRows {
+		if err := benchWarm(ctx, n); err != nil {
 			log.Fatal(err)
 		}
 		return
@@ -120,6 +147,8 @@ func given(name string) bool {
 var (
 	// profileDir is where diskimporter rows save a CPU profile; empty: none.
 	profileDir string
+	// profileSeconds is how long each of those profiles is.
+	profileSeconds int
 	// throttle is the rate in bytes per second of each connection to the
 	// throttled source.
 	throttle float64
@@ -150,10 +179,12 @@ type setup struct {
 	sourceURL    string
 	throttledURL string // the same directory, each connection paced to throttle
 	reg          *registry.Registry
-	dockerConfig string // path of a Docker config.json with the registry's credentials
-	pull         *pull  // what the pull rows share, once one ran
-	self         string // this program's binary, for the client subcommands
-	importer     string // the diskimporter binary
+	dockerConfig string                 // path of a Docker config.json with the registry's credentials
+	pulls        map[string]*pullSource // the registries of the pull rows, by store kind, once used
+	stops        []func()               // stop what the pull rows started
+	serverCPUs   string                 // where the registries run: "1", or "" on one core
+	self         string                 // this program's binary, for the client subcommands
+	importer     string                 // the diskimporter binary
 }
 
 func bench(ctx context.Context, size int64, cells []cell, markdown bool) error {
@@ -201,6 +232,9 @@ func newSetup(ctx context.Context, size int64) (s *setup, cleanup func(), err er
 	}
 	s = &setup{dir: dir, size: size}
 	cleanup = func() {
+		for _, stop := range s.stops {
+			stop()
+		}
 		if s.reg != nil {
 			s.reg.Stop()
 		}
@@ -233,11 +267,10 @@ func (s *setup) prepare(ctx context.Context) error {
 		return err
 	}
 
-	cpus := ""
 	if runtime.NumCPU() >= 2 {
-		cpus = "1"
+		s.serverCPUs = "1"
 	}
-	s.reg, err = registry.Start(ctx, registry.Options{CPUs: cpus, Dir: filepath.Join(s.dir, "registry")})
+	s.reg, err = registry.Start(ctx, registry.Options{CPUs: s.serverCPUs, Dir: filepath.Join(s.dir, "registry")})
 	if err != nil {
 		return err
 	}
@@ -284,6 +317,7 @@ func serve(dir string, rate float64) (string, error) {
 // measurement is one row's outcome.
 type measurement struct {
 	mibps, cpuPerGiB, rssMiB float64
+	serverCPU                float64 // CPU s/GiB of the registries, stores, sources and pacer
 	note                     string
 }
 
@@ -334,9 +368,11 @@ func (s *setup) run(ctx context.Context, row, limit string) (*measurement, error
 	cmd.Env = append(cmd.Env, c.env...)
 	var stderr strings.Builder
 	cmd.Stderr = &stderr
+	servers := serverTicks()
 	start := time.Now()
 	out, err := cmd.Output()
 	took := time.Since(start)
+	serverCPU := serverSeconds(servers, serverTicks())
 	if err != nil {
 		return nil, fmt.Errorf("%v: %s", err, lastLine(stderr.String()))
 	}
@@ -346,6 +382,7 @@ func (s *setup) run(ctx context.Context, row, limit string) (*measurement, error
 	m := &measurement{
 		mibps:     float64(s.size) / (1 << 20) / took.Seconds(),
 		cpuPerGiB: cpu / gib,
+		serverCPU: serverCPU / gib,
 		rssMiB:    float64(ru.Maxrss) / 1024,
 		note:      c.note,
 	}
@@ -380,8 +417,12 @@ func (s *setup) client(ctx context.Context, row, limit, repo string) (*client, e
 	case row == "cpu-ceiling":
 		return &client{argv: []string{s.self, "cpu-ceiling", s.disk},
 			note: "sha256 + AES-128-GCM of the bytes, in memory"}, nil
-	case pullRows[row]:
-		return s.pullClient(ctx, row)
+	case row == "sha256":
+		return &client{argv: []string{s.self, "sha256", s.disk}, check: s.checkSHA256}, nil
+	case row == "get":
+		return &client{argv: []string{s.self, "get", s.sourceURL + file}, check: s.checkGot}, nil
+	case pullRows[row] != "":
+		return s.pullClient(ctx, row, limit)
 	case row == "crane":
 		return s.craneClient(ctx, repo)
 	case row == "oras":
@@ -405,14 +446,11 @@ func (s *setup) importerClient(ctx context.Context, row, limit, file, repo strin
 	argv := []string{s.importer, "import", "--source", source + file, "--destination", repo,
 		"--ca-file", s.reg.CAFile, "--log-format", "json", "--progress-interval", "1h", "--scratch-dir", s.dir}
 	argv = append(argv, importerFlags[row]...)
-	if profileDir != "" {
-		addr, err := freeAddr()
-		if err != nil {
-			return nil, err
-		}
-		argv = append(argv, "--pprof-address", addr)
-		go saveProfile(ctx, addr, filepath.Join(profileDir, row+"-"+limit+".pprof"))
+	prof, err := profileArgs(ctx, row, limit)
+	if err != nil {
+		return nil, err
 	}
+	argv = append(argv, prof...)
 	check := func(out []byte) (string, error) {
 		var res struct {
 			LayerDigest string `json:"layer_digest"`
@@ -465,6 +503,21 @@ func limited(ctx context.Context, limit string, argv []string) (*exec.Cmd, func(
 	return exec.CommandContext(ctx, all[0], all[1:]...), cleanup, nil
 }
 
+// profileArgs are the flags that make a diskimporter row serve pprof, and
+// start saving its CPU profile into profileDir as ROW-LIMIT.pprof; none
+// without -profile-dir.
+func profileArgs(ctx context.Context, row, limit string) ([]string, error) {
+	if profileDir == "" {
+		return nil, nil
+	}
+	addr, err := freeAddr()
+	if err != nil {
+		return nil, err
+	}
+	go saveProfile(ctx, addr, filepath.Join(profileDir, row+"-"+limit+".pprof"))
+	return []string{"--pprof-address", addr}, nil
+}
+
 func freeAddr() (string, error) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -474,25 +527,40 @@ func freeAddr() (string, error) {
 	return ln.Addr().String(), nil
 }
 
-// saveProfile fetches a 2-second CPU profile from a diskimporter that is
-// starting to serve pprof on addr.
+// saveProfile fetches a CPU profile of profileSeconds from a diskimporter
+// that is starting to serve pprof on addr, and says so when it could not:
+// a client that ends before the profile does leaves none.
 func saveProfile(ctx context.Context, addr, path string) {
+	url := fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", addr, profileSeconds)
+	var err error
 	for range 50 {
 		time.Sleep(100 * time.Millisecond)
-		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/debug/pprof/profile?seconds=2", nil)
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			continue
-		}
-		defer resp.Body.Close()
-		b, err := io.ReadAll(resp.Body)
-		if err == nil && resp.StatusCode == http.StatusOK {
+		var b []byte
+		if b, err = getProfile(ctx, url); err == nil {
 			if err := os.WriteFile(path, b, 0o644); err != nil {
 				log.Printf("saving profile: %v", err)
 			}
+			return
 		}
-		return
 	}
+	log.Printf("no profile %s (the client ends before -profile-seconds %d?): %v", filepath.Base(path), profileSeconds, err)
+}
+
+func getProfile(ctx context.Context, url string) ([]byte, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err == nil && resp.StatusCode != http.StatusOK {
+		err = fmt.Errorf("%s: %s", url, resp.Status)
+	}
+	return b, err
 }
 
 func repoRoot() (string, error) {

@@ -3,13 +3,8 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"encoding/pem"
 	"fmt"
-	"net"
 	"net/http"
-	"net/http/httptest"
-	"net/http/httputil"
-	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -22,189 +17,231 @@ import (
 // the pull rows.
 var pullRate float64
 
-// The pull rows read the imported disk back out of a registry. A "front"
-// registry on loopback proxies the real one but answers blob GETs with a
-// 307 to an object store on another port, as registries backed by S3 or
-// GCS do, with a presigned-looking query. The store serves the blob file
-// from the real registry's storage (Range, Last-Modified), each
-// connection paced to pullRate (the throttled front) or not (the fast
-// front).
-var pullRows = map[string]bool{
-	"pull-export-1": true, "pull-export-4": true, "pull-export-8": true, "pull-export-16": true,
-	"pull-crane": true, "pull-oras": true,
-	"pull-export-fast-1": true, "pull-export-fast-8": true, "pull-curl-fast": true,
-	"pull-export-direct": true,
+// The pull rows read the imported disk back out of a registry. Except
+// pull-export-direct, they read from distribution with its s3 storage
+// driver on a real S3 store (MinIO over TLS, see e2e/registry), both
+// pinned to core 1, which answers blob GETs with a 307 to a presigned URL
+// of the store, as users run it. Two such registries, each with its own
+// store and a copy of the disk imported untimed on first use:
+//
+//   - fast: the presigned URLs name the store itself (no
+//     redirectendpoint): the client reads MinIO directly;
+//   - throttled: the presigned URLs name a pacer (redirectendpoint), a
+//     TCP forwarder in this process that passes the TLS stream through to
+//     the store and paces what each connection receives to pullRate; the
+//     store sees the Host the URL was signed for.
+//
+// pull-export-direct reads the filesystem registry, which serves the blob
+// itself.
+var pullRows = map[string]string{
+	"pull-export-1":      throttledStore,
+	"pull-export-4":      throttledStore,
+	"pull-export-8":      throttledStore,
+	"pull-export-16":     throttledStore,
+	"pull-curl":          throttledStore,
+	"pull-export-fast-1": fastStore,
+	"pull-export-fast-8": fastStore,
+	"pull-curl-fast":     fastStore,
+	"pull-crane":         fastStore,
+	"pull-oras":          fastStore,
+	"pull-export-direct": directStore,
 }
 
-// pull is what the pull rows share, made on the first of them.
-type pull struct {
-	dockerConfig string // a Docker config.json with credentials for both fronts
-	ref          string // REPO:TAG on the front registries' host
+// The stores the pull rows read from.
+const (
+	fastStore      = "fast"
+	throttledStore = "throttled"
+	directStore    = "direct"
+)
+
+// pullSource is a registry holding the disk for the pull rows.
+type pullSource struct {
+	reg          *registry.Registry
+	ref          string // REGISTRY/REPO:TAG of the disk's image
+	repo         string // REGISTRY/REPO
 	digest       string // the layer blob's digest
-	throttled    string // host:port of the throttled front
-	fast         string // host:port of the fast front
-	fastStoreURL string // the blob's presigned URL at the fast store
-	caFile       string // trusted for both fronts and stores
+	dockerConfig string // a Docker config.json with reg's credentials
+	note         string // what a row's note says of the store
 }
 
-func (s *setup) preparePull(ctx context.Context) (*pull, error) {
-	if s.pull != nil {
-		return s.pull, nil
+// pullSource returns the registry the rows of kind read, started and
+// filled on first use.
+func (s *setup) pullSource(ctx context.Context, kind string) (*pullSource, error) {
+	if p := s.pulls[kind]; p != nil {
+		return p, nil
 	}
-	// The disk, imported once (untimed).
-	repo := s.reg.Addr + "/bench/pull:v1"
-	cmd := exec.CommandContext(ctx, s.importer, "import", "--source", s.sourceURL+"disk.img", "--destination", repo,
-		"--ca-file", s.reg.CAFile, "--log-format", "json")
-	cmd.Env = append(os.Environ(), "DISKIMPORTER_USERNAME="+s.reg.Username, "DISKIMPORTER_PASSWORD="+s.reg.Password)
+	p := &pullSource{}
+	var err error
+	switch kind {
+	case directStore:
+		p.reg, p.note = s.reg, "the filesystem registry serving the blob itself"
+	case fastStore:
+		p.reg, err = s.startS3(ctx, "")
+		p.note = "S3 store unthrottled"
+	case throttledStore:
+		var pc *pacer
+		if pc, err = s.newPacer(pullRate); err == nil {
+			if p.reg, err = s.startS3(ctx, pc.url); err == nil {
+				go pc.serve(p.reg.Store.Addr)
+			}
+		}
+		p.note = "S3 store through a pacer, " + rateString(pullRate) + " per connection"
+	}
+	if err != nil {
+		return nil, err
+	}
+	if err := s.fillPullSource(ctx, p, kind); err != nil {
+		return nil, err
+	}
+	if s.pulls == nil {
+		s.pulls = map[string]*pullSource{}
+	}
+	s.pulls[kind] = p
+	return p, nil
+}
+
+// startS3 starts a registry on an S3 store, both on core 1 like s.reg,
+// whose presigned URLs name redirectEndpoint (empty: the store), and
+// registers it for cleanup.
+func (s *setup) startS3(ctx context.Context, redirectEndpoint string) (*registry.Registry, error) {
+	reg, err := registry.Start(ctx, registry.Options{CPUs: s.serverCPUs,
+		S3: &registry.S3Options{RedirectEndpoint: redirectEndpoint}})
+	if err != nil {
+		return nil, err
+	}
+	s.stops = append(s.stops, func() { reg.Stop() })
+	return reg, nil
+}
+
+// fillPullSource imports the disk into p.reg (untimed) and fills in the
+// rest of p.
+func (s *setup) fillPullSource(ctx context.Context, p *pullSource, kind string) error {
+	p.repo = p.reg.Addr + "/bench/pull"
+	p.ref = p.repo + ":v1"
+	cmd := exec.CommandContext(ctx, s.importer, "import", "--source", s.sourceURL+"disk.img", "--destination", p.ref,
+		"--ca-file", p.reg.CAFile, "--log-format", "json", "--scratch-dir", s.dir)
+	cmd.Env = append(os.Environ(), "DISKIMPORTER_USERNAME="+p.reg.Username, "DISKIMPORTER_PASSWORD="+p.reg.Password)
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
 	out, err := cmd.Output()
 	if err != nil {
-		return nil, fmt.Errorf("importing the disk for the pull rows: %w", err)
+		return fmt.Errorf("importing the disk for the pull rows: %w: %s", err, lastLine(stderr.String()))
 	}
 	var res struct {
 		LayerDigest string `json:"layer_digest"`
 	}
 	if err := json.Unmarshal(out, &res); err != nil {
-		return nil, err
+		return err
 	}
-	hex := strings.TrimPrefix(res.LayerDigest, "sha256:")
-	blobFile := filepath.Join(s.reg.DataDir, "docker/registry/v2/blobs/sha256", hex[:2], hex, "data")
-	if _, err := os.Stat(blobFile); err != nil {
-		return nil, fmt.Errorf("the layer blob in the registry's storage: %w", err)
-	}
-
-	p := &pull{ref: "bench/pull:v1", digest: res.LayerDigest}
-	var storeURL string
-	if p.throttled, _, err = s.front(blobFile, pullRate); err != nil {
-		return nil, err
-	}
-	if p.fast, storeURL, err = s.front(blobFile, 0); err != nil {
-		return nil, err
-	}
-	p.fastStoreURL = storeURL + "/blob?X-Amz-Signature=bench"
-	// httptest servers share one certificate: its PEM trusts them all.
-	p.caFile = filepath.Join(s.dir, "front-ca.pem")
-	srv := httptest.NewUnstartedServer(nil)
-	srv.StartTLS()
-	caPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw})
-	srv.Close()
-	if err := os.WriteFile(p.caFile, caPEM, 0o644); err != nil {
-		return nil, err
-	}
-	if p.dockerConfig, err = s.dockerConfigFile("docker-pull", p.throttled, p.fast); err != nil {
-		return nil, err
-	}
-	s.pull = p
-	return p, nil
-}
-
-// front starts a store serving blobFile (each connection paced to rate,
-// unless 0) and a registry front proxying s.reg but redirecting blob GETs
-// to the store. It returns the front's host:port and the store's URL.
-func (s *setup) front(blobFile string, rate float64) (string, string, error) {
-	store := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.Header.Get("Authorization") != "" {
-			http.Error(w, "only one auth mechanism allowed", http.StatusBadRequest) // as S3 answers
-			return
-		}
-		http.ServeFile(w, r, blobFile)
-	}))
-	if rate > 0 {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return "", "", err
-		}
-		store.Listener = throttledListener{Listener: ln, rate: rate}
-	}
-	store.StartTLS()
-
-	upstream, err := url.Parse("https://" + s.reg.Addr)
-	if err != nil {
-		return "", "", err
-	}
-	proxy := httputil.NewSingleHostReverseProxy(upstream)
-	pool, err := caPool(s.reg.CAFile)
-	if err != nil {
-		return "", "", err
-	}
-	t := http.DefaultTransport.(*http.Transport).Clone()
-	t.TLSClientConfig.RootCAs = pool
-	proxy.Transport = t
-	front := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.Method == http.MethodGet && strings.Contains(r.URL.Path, "/blobs/sha256:") {
-			http.Redirect(w, r, store.URL+"/blob?X-Amz-Signature=bench", http.StatusTemporaryRedirect)
-			return
-		}
-		r.Host = upstream.Host
-		proxy.ServeHTTP(w, r)
-	}))
-	return strings.TrimPrefix(front.URL, "https://"), store.URL, nil
+	p.digest = res.LayerDigest
+	p.dockerConfig, err = s.dockerConfigFile("docker-pull-"+kind, p.reg)
+	return err
 }
 
 // pullClient returns how a pull row runs.
-func (s *setup) pullClient(ctx context.Context, row string) (*client, error) {
-	p, err := s.preparePull(ctx)
+func (s *setup) pullClient(ctx context.Context, row, limit string) (*client, error) {
+	p, err := s.pullSource(ctx, pullRows[row])
 	if err != nil {
 		return nil, err
 	}
 	out := filepath.Join(s.dir, "pulled-"+row)
 	os.Remove(out)
-	host, note := p.throttled, "store "+rateString(pullRate)+" per connection"
-	if strings.Contains(row, "-fast") {
-		host, note = p.fast, "store unthrottled"
-	}
-	export := func(conns, registryHost, caFile string) *client {
-		return &client{
-			argv: []string{s.importer, "export", "--source", registryHost + "/" + p.ref, "--output", out,
-				"--connections", conns, "--source-ca-file", caFile, "--log-format", "json"},
-			env:  []string{"DISKIMPORTER_SOURCE_USERNAME=" + s.reg.Username, "DISKIMPORTER_SOURCE_PASSWORD=" + s.reg.Password},
-			note: note + "; --connections " + conns,
-			check: func([]byte) (string, error) {
-				return note + "; --connections " + conns, s.checkPulled(out, false)
-			},
-		}
-	}
+	blobRef := p.repo + "@" + p.digest
 	switch row {
-	case "pull-export-1", "pull-export-4", "pull-export-8", "pull-export-16":
-		return export(strings.TrimPrefix(row, "pull-export-"), host, p.caFile), nil
-	case "pull-export-fast-1", "pull-export-fast-8":
-		return export(strings.TrimPrefix(row, "pull-export-fast-"), host, p.caFile), nil
-	case "pull-export-direct":
-		c := export("8", s.reg.Addr, s.reg.CAFile)
-		c.note = "the distribution registry serving the blob itself; --connections 8"
-		c.check = func([]byte) (string, error) { return c.note, s.checkPulled(out, false) }
-		return c, nil
-	case "pull-curl-fast":
-		return &client{
-			argv:  []string{"curl", "-sSf", "--cacert", p.caFile, "-o", out, p.fastStoreURL},
-			note:  "curl of the presigned URL, one stream, unthrottled; the whole blob",
-			check: func([]byte) (string, error) { return "curl, one stream, store unthrottled", s.checkPulled(out, true) },
-		}, nil
+	case "pull-curl", "pull-curl-fast":
+		url, err := presignedURL(ctx, p)
+		if err != nil {
+			return nil, err
+		}
+		return s.blobClient(p, out, "curl of the presigned URL, one stream; the whole blob",
+			"curl", "-sSf", "--cacert", p.reg.CAFile, "-o", out, url), nil
 	case "pull-crane":
 		bin, err := registry.Tool(ctx, "crane", craneModule, craneVersion)
 		if err != nil {
 			return nil, err
 		}
-		return &client{
-			argv:  []string{"bash", "-c", `"$0" blob "$1" > "$2"`, bin, host + "/bench/pull@" + p.digest, out},
-			env:   []string{"DOCKER_CONFIG=" + filepath.Dir(p.dockerConfig), "SSL_CERT_FILE=" + p.caFile},
-			note:  note + "; crane blob REF@DIGEST > file; the whole blob",
-			check: func([]byte) (string, error) { return note + "; crane blob, the whole blob", s.checkPulled(out, true) },
-		}, nil
+		c := s.blobClient(p, out, "crane blob REF@DIGEST > file; the whole blob",
+			"bash", "-c", `"$0" blob "$1" > "$2"`, bin, blobRef, out)
+		c.env = []string{"DOCKER_CONFIG=" + filepath.Dir(p.dockerConfig), "SSL_CERT_FILE=" + p.reg.CAFile}
+		return c, nil
 	case "pull-oras":
 		bin, err := registry.Tool(ctx, "oras", orasModule, orasVersion)
 		if err != nil {
 			return nil, err
 		}
-		return &client{
-			argv: []string{bin, "blob", "fetch", "--no-tty", "--ca-file", p.caFile, "--registry-config", p.dockerConfig,
-				"--output", out, host + "/bench/pull@" + p.digest},
-			note: note + "; oras blob fetch; the whole blob",
-			check: func([]byte) (string, error) {
-				return note + "; oras blob fetch, the whole blob", s.checkPulled(out, true)
-			},
-		}, nil
+		return s.blobClient(p, out, "oras blob fetch; the whole blob",
+			bin, "blob", "fetch", "--no-tty", "--ca-file", p.reg.CAFile, "--registry-config", p.dockerConfig,
+			"--output", out, blobRef), nil
 	}
-	return nil, fmt.Errorf("unknown pull row %q", row)
+	conns := row[strings.LastIndex(row, "-")+1:]
+	if row == "pull-export-direct" {
+		conns = "8"
+	}
+	return s.exportClient(ctx, p, out, conns, row, limit)
+}
+
+// exportClient runs diskimporter export of p's disk into out with conns
+// connections, with a CPU profile when -profile-dir is set.
+func (s *setup) exportClient(ctx context.Context, p *pullSource, out, conns, row, limit string) (*client, error) {
+	note := p.note + "; --connections " + conns
+	argv := []string{s.importer, "export", "--source", p.ref, "--output", out,
+		"--connections", conns, "--ca-file", p.reg.CAFile, "--log-format", "json"}
+	prof, err := profileArgs(ctx, row, limit)
+	if err != nil {
+		return nil, err
+	}
+	return &client{
+		argv:  append(argv, prof...),
+		env:   credsEnv(p.reg),
+		note:  note,
+		check: func([]byte) (string, error) { return note, s.checkPulled(out, false) },
+	}, nil
+}
+
+// blobClient runs argv, a tool that writes the whole layer blob of p into
+// out.
+func (s *setup) blobClient(p *pullSource, out, what string, argv ...string) *client {
+	note := p.note + "; " + what
+	return &client{
+		argv:  argv,
+		env:   credsEnv(p.reg),
+		note:  note,
+		check: func([]byte) (string, error) { return note, s.checkPulled(out, true) },
+	}
+}
+
+// credsEnv gives a diskimporter child reg's credentials, for its source
+// and its destination.
+func credsEnv(reg *registry.Registry) []string {
+	return []string{"DISKIMPORTER_USERNAME=" + reg.Username, "DISKIMPORTER_PASSWORD=" + reg.Password,
+		"DISKIMPORTER_SOURCE_USERNAME=" + reg.Username, "DISKIMPORTER_SOURCE_PASSWORD=" + reg.Password}
+}
+
+// presignedURL asks p's registry for the layer blob, with credentials, and
+// returns where it redirects: a presigned URL of the store, valid for 20
+// minutes.
+func presignedURL(ctx context.Context, p *pullSource) (string, error) {
+	c := &http.Client{
+		Transport:     &http.Transport{TLSClientConfig: p.reg.TLSConfig()},
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+	}
+	defer c.CloseIdleConnections()
+	url := fmt.Sprintf("https://%s/v2/bench/pull/blobs/%s", p.reg.Addr, p.digest)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return "", err
+	}
+	req.SetBasicAuth(p.reg.Username, p.reg.Password)
+	resp, err := c.Do(req)
+	if err != nil {
+		return "", err
+	}
+	resp.Body.Close()
+	loc := resp.Header.Get("Location")
+	if resp.StatusCode != http.StatusTemporaryRedirect || !strings.Contains(loc, "X-Amz-Signature=") {
+		return "", fmt.Errorf("GET %s: %s, Location %q: want a 307 to a presigned URL", url, resp.Status, loc)
+	}
+	return loc, nil
 }
 
 // checkPulled checks what a pull row wrote: the disk (or, for the tools

@@ -191,3 +191,19 @@ func (s *setup) expectLayerDigest() error {
 	s.layerDigest = strings.TrimSpace(string(out))
 	return nil
 }
+
+// checkSHA256 checks the sha256 row's output against the disk's digest.
+func (s *setup) checkSHA256(out []byte) (string, error) {
+	if got := strings.TrimSpace(string(out)); got != s.sha256 {
+		return "", fmt.Errorf("sha256 printed %q, want %s", got, s.sha256)
+	}
+	return "sha256 of the disk file in 1 MiB reads: the hash an import does", nil
+}
+
+// checkGot checks that the get row read the whole disk.
+func (s *setup) checkGot(out []byte) (string, error) {
+	if got := strings.TrimSpace(string(out)); got != fmt.Sprint(s.size) {
+		return "", fmt.Errorf("get read %s bytes, want %d", got, s.size)
+	}
+	return "one plain GET of the HTTP source into /dev/null, 1 MiB reads: the read an import does", nil
+}

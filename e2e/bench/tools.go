@@ -65,15 +65,14 @@ func (s *setup) orasClient(ctx context.Context, repo string) (*client, error) {
 // writeDockerConfig writes a Docker config.json holding the registry's
 // credentials into its own directory under s.dir, and records its path.
 func (s *setup) writeDockerConfig() error {
-	path, err := s.dockerConfigFile("docker", s.reg.Addr)
+	path, err := s.dockerConfigFile("docker", s.reg)
 	s.dockerConfig = path
 	return err
 }
 
 // dockerConfigFile writes, into s.dir/name/config.json, a Docker config
-// giving the registry's credentials to each of hosts, and returns its
-// path.
-func (s *setup) dockerConfigFile(name string, hosts ...string) (string, error) {
+// giving reg's credentials for reg, and returns its path.
+func (s *setup) dockerConfigFile(name string, reg *registry.Registry) (string, error) {
 	dir := filepath.Join(s.dir, name)
 	if err := os.Mkdir(dir, 0o700); err != nil {
 		return "", err
@@ -81,9 +80,8 @@ func (s *setup) dockerConfigFile(name string, hosts ...string) (string, error) {
 	type auth struct {
 		Auth string `json:"auth"`
 	}
-	auths := map[string]auth{}
-	for _, h := range hosts {
-		auths[h] = auth{base64.StdEncoding.EncodeToString([]byte(s.reg.Username + ":" + s.reg.Password))}
+	auths := map[string]auth{
+		reg.Addr: {base64.StdEncoding.EncodeToString([]byte(reg.Username + ":" + reg.Password))},
 	}
 	b, err := json.Marshal(struct {
 		Auths map[string]auth `json:"auths"`
