@@ -25,7 +25,9 @@ import (
 // warmRow is one measured way of getting the image onto the node.
 type warmRow struct {
 	name string
-	run  func(ctx context.Context, n *warmNode, store string) error
+	// prepare, when set, runs first, untimed.
+	prepare func(ctx context.Context, n *warmNode) error
+	run     func(ctx context.Context, n *warmNode) error
 }
 
 // warmNode is a fresh containerd and what the rows run against it.
@@ -76,19 +78,19 @@ func warmTable(ctx context.Context, s *setup, kind string, size int64) error {
 
 // warmRows are the rows, each timed from a fresh containerd.
 func warmRows() []warmRow {
-	fetch := func(ctx context.Context, n *warmNode, _ string) error { return n.ctr(ctx, "content", "fetch") }
+	fetch := func(ctx context.Context, n *warmNode) error { return n.ctr(ctx, "content", "fetch") }
+	noUnpack := func(ctx context.Context, n *warmNode) error { return n.warm(ctx, "--unpack=false") }
 	return []warmRow{
-		{"ctr content fetch (containerd's own)", fetch},
-		{"diskimporter warm --unpack=false", func(ctx context.Context, n *warmNode, _ string) error {
-			return n.warm(ctx, "--unpack=false")
-		}},
-		{"diskimporter warm --unpack=false, then ctr content fetch", func(ctx context.Context, n *warmNode, s string) error {
-			if err := n.warm(ctx, "--unpack=false"); err != nil {
+		{"ctr content fetch (containerd's own)", nil, fetch},
+		{"diskimporter warm --unpack=false", nil, noUnpack},
+		{"diskimporter warm --unpack=false, then ctr content fetch", nil, func(ctx context.Context, n *warmNode) error {
+			if err := noUnpack(ctx, n); err != nil {
 				return err
 			}
-			return fetch(ctx, n, s)
+			return fetch(ctx, n)
 		}},
-		{"diskimporter warm (fetch and unpack)", func(ctx context.Context, n *warmNode, _ string) error { return n.warm(ctx) }},
+		{"the unpack alone (diskimporter warm, blobs present)", noUnpack, func(ctx context.Context, n *warmNode) error { return n.warm(ctx) }},
+		{"diskimporter warm (fetch and unpack)", nil, func(ctx context.Context, n *warmNode) error { return n.warm(ctx) }},
 	}
 }
 
@@ -107,8 +109,13 @@ func runWarmRow(ctx context.Context, s *setup, reg *registry.Registry, ref strin
 		return 0, err
 	}
 	n := &warmNode{c: c, ref: ref, reg: reg, importer: s.importer}
+	if row.prepare != nil {
+		if err := row.prepare(ctx, n); err != nil {
+			return 0, err
+		}
+	}
 	start := time.Now()
-	err = row.run(ctx, n, "")
+	err = row.run(ctx, n)
 	return time.Since(start).Seconds(), err
 }
 
