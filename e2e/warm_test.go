@@ -47,7 +47,8 @@ func TestWarmCommands(t *testing.T) {
 	}
 
 	t.Run("serve", func(t *testing.T) {
-		serveOnce(t, env, node, dest)
+		fresh, _ := importForExport(t, exportDisk(6<<20, 4<<20))
+		serveOnce(t, env, node, dest, fresh)
 	})
 }
 
@@ -70,9 +71,10 @@ func warmOnce(t *testing.T, env, args []string, v any) {
 }
 
 // serveOnce runs "diskimporter serve", asks it to prefetch image (present
-// already: nothing to fetch) and a disallowed one, reads its metrics, and
-// stops it with SIGTERM.
-func serveOnce(t *testing.T, env, node []string, image string) {
+// already: nothing to fetch), fresh (asynchronously, then synchronously:
+// the second finds everything present) and a disallowed one, reads its
+// metrics, and stops it with SIGTERM.
+func serveOnce(t *testing.T, env, node []string, image, fresh string) {
 	addr := freeAddr(t)
 	ctx, cancel := context.WithTimeout(t.Context(), cliTimeout)
 	defer cancel()
@@ -92,22 +94,26 @@ func serveOnce(t *testing.T, env, node []string, image string) {
 	}
 	go io.Copy(&logs, stderr)
 	for _, c := range []struct {
-		body, status string
-		code         int
+		body, status, message string
+		code                  int
 	}{
-		{`{"image":"` + image + `","trace_id":"t1"}`, "success", 200},
-		{`{"image":"other.example/disks/x:1"}`, "failure", 403},
-		{`{"image":`, "failure", 400},
+		{`{"image":"` + image + `","trace_id":"t1"}`, "success", "0 blobs fetched", 200},
+		{`{"image":"` + fresh + `","async":true}`, "accepted", "", 202},
+		// Warms of one image take turns: this one waits for the
+		// asynchronous one, then finds everything present.
+		{`{"image":"` + fresh + `"}`, "success", "0 blobs fetched", 200},
+		{`{"image":"other.example/disks/x:1"}`, "failure", "not allowed", 403},
+		{`{"image":`, "failure", "not a prefetch request", 400},
 	} {
 		resp, err := http.Post("http://"+addr+"/v1/prefetch", "application/json", strings.NewReader(c.body))
 		if err != nil {
 			t.Fatal(err)
 		}
-		var got struct{ Status string }
+		var got struct{ Status, Message string }
 		json.NewDecoder(resp.Body).Decode(&got)
 		resp.Body.Close()
-		if resp.StatusCode != c.code || got.Status != c.status {
-			t.Errorf("POST %s: %d %q, want %d %q", c.body, resp.StatusCode, got.Status, c.code, c.status)
+		if resp.StatusCode != c.code || got.Status != c.status || !strings.Contains(got.Message, c.message) {
+			t.Errorf("POST %s: %d %q %q, want %d %q with %q", c.body, resp.StatusCode, got.Status, got.Message, c.code, c.status, c.message)
 		}
 	}
 	resp, err := http.Get("http://" + addr + "/metrics")

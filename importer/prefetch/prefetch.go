@@ -18,6 +18,7 @@ import (
 	"log/slog"
 	"net/http"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/diskimporter/diskimporter/importer/reason"
@@ -96,6 +97,9 @@ type Handler struct {
 	slots chan struct{} // one per running warm
 	queue chan struct{} // one per asynchronous warm waiting or running
 	base  context.Context
+
+	mu   sync.Mutex
+	last map[string]chan struct{} // image → the turn of its latest request
 }
 
 // NewHandler returns the handler of cfg. Asynchronous warms run under
@@ -116,7 +120,7 @@ func NewHandler(base context.Context, cfg Config) (*Handler, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	h := &Handler{cfg: cfg, allow: map[string]bool{}, base: base,
+	h := &Handler{cfg: cfg, allow: map[string]bool{}, base: base, last: map[string]chan struct{}{},
 		slots: make(chan struct{}, cfg.Concurrency), queue: make(chan struct{}, 2*cfg.Concurrency)}
 	for _, a := range cfg.Allow {
 		reg, err := name.NewRegistry(a, name.StrictValidation)
@@ -137,9 +141,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case err != nil:
 		resp.Message = err.Error()
 	case req.Async:
-		code, resp = h.async(ref, req, resp)
+		code, resp = h.async(ref, h.turn(ref), req, resp)
 	default:
-		code, resp = h.warm(r.Context(), ref, resp)
+		code, resp = h.warm(r.Context(), ref, h.turn(ref), resp)
 	}
 	h.cfg.Metrics.request(resp.Status, code, time.Since(start))
 	h.cfg.Logger.Info("prefetch", "image", resp.Image, "trace_id", resp.TraceID, "status", resp.Status,
@@ -181,8 +185,49 @@ func (h *Handler) parse(w http.ResponseWriter, r *http.Request) (Request, name.R
 	return req, ref, 0, nil
 }
 
-// warm warms ref within the request's context, waiting for a slot.
-func (h *Handler) warm(ctx context.Context, ref name.Reference, resp Response) (int, Response) {
+// turn is a request's place among those for the same image: it waits
+// for the one before it (it arrived first) and then lets the next go.
+// Requests for one image run in the order they arrived, so that a request
+// after an asynchronous one finds what that one fetched.
+type turn struct {
+	before <-chan struct{} // closed when the request before it is done
+	done   func()
+}
+
+// closed is the turn before the first request for an image.
+var closed = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
+
+// turn takes the next turn for ref.
+func (h *Handler) turn(ref name.Reference) turn {
+	key := ref.String()
+	mine := make(chan struct{})
+	h.mu.Lock()
+	before, ok := h.last[key]
+	h.last[key] = mine
+	h.mu.Unlock()
+	if !ok {
+		before = closed
+	}
+	return turn{before: before, done: func() {
+		h.mu.Lock()
+		if h.last[key] == mine {
+			delete(h.last, key)
+		}
+		h.mu.Unlock()
+		close(mine)
+	}}
+}
+
+// warm warms ref within the request's context, in its turn, waiting for
+// a slot.
+func (h *Handler) warm(ctx context.Context, ref name.Reference, t turn, resp Response) (int, Response) {
+	defer t.done()
+	select {
+	case <-t.before:
+	case <-ctx.Done():
+		resp.Message = "cancelled while waiting for an earlier prefetch of the image"
+		return http.StatusServiceUnavailable, resp
+	}
 	select {
 	case h.slots <- struct{}{}:
 	case <-ctx.Done():
@@ -205,16 +250,17 @@ func (h *Handler) warm(ctx context.Context, ref name.Reference, resp Response) (
 
 // async starts the warm in the background and answers 202, or 503 when
 // too many are waiting already.
-func (h *Handler) async(ref name.Reference, req Request, resp Response) (int, Response) {
+func (h *Handler) async(ref name.Reference, t turn, req Request, resp Response) (int, Response) {
 	select {
 	case h.queue <- struct{}{}:
 	default:
+		t.done()
 		resp.Message = "too many prefetches are waiting: try again later"
 		return http.StatusServiceUnavailable, resp
 	}
 	go func() {
 		defer func() { <-h.queue }()
-		code, done := h.warm(h.base, ref, Response{Image: req.Image, TraceID: req.TraceID, Status: StatusFailure})
+		code, done := h.warm(h.base, ref, t, Response{Image: req.Image, TraceID: req.TraceID, Status: StatusFailure})
 		h.cfg.Logger.Info("prefetch finished", "image", done.Image, "trace_id", done.TraceID,
 			"status", done.Status, "code", code, "message", done.Message)
 	}()

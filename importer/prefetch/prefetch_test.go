@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"runtime"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -149,9 +150,9 @@ func TestConcurrencyBound(t *testing.T) {
 		t.Fatal(err)
 	}
 	done := make(chan int, 5)
-	for range 5 {
+	for i := range 5 {
 		go func() {
-			code, _ := post(t, h, "POST", `{"image":"registry.example/disks/x:1"}`)
+			code, _ := post(t, h, "POST", fmt.Sprintf(`{"image":"registry.example/disks/x:%d"}`, i))
 			done <- code
 		}()
 	}
@@ -163,6 +164,61 @@ func TestConcurrencyBound(t *testing.T) {
 	}
 	if most.Load() > 2 {
 		t.Errorf("%d warms ran at once, want at most 2", most.Load())
+	}
+}
+
+// TestSameImageInOrder: requests for one image run in the order they
+// arrived: a request after an asynchronous one starts once that one is
+// done, and finds what it fetched.
+func TestSameImageInOrder(t *testing.T) {
+	t.Parallel()
+	release := make(chan struct{})
+	var running, overlapped atomic.Int32
+	var calls atomic.Int32
+	h, err := NewHandler(t.Context(), Config{Allow: []string{"registry.example"}, Concurrency: 4, Logger: quiet,
+		Warm: func(ctx context.Context, ref name.Reference) (Outcome, error) {
+			if running.Add(1) > 1 {
+				overlapped.Add(1)
+			}
+			defer running.Add(-1)
+			if calls.Add(1) == 1 {
+				<-release // the asynchronous one fetches
+				return Outcome{Fetched: 3}, nil
+			}
+			return Outcome{Skipped: 3}, nil
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	body := `{"image":"registry.example/disks/x:1"`
+	if code, _ := post(t, h, "POST", body+`,"async":true}`); code != 202 {
+		t.Fatalf("async: %d", code)
+	}
+	h.mu.Lock()
+	first := h.last["registry.example/disks/x:1"]
+	h.mu.Unlock()
+	sync := make(chan Response, 1)
+	go func() { _, resp := post(t, h, "POST", body+"}"); sync <- resp }()
+	// Let the asynchronous one finish once the second request is in line
+	// behind it (or, were it not, once it is answered).
+	var resp Response
+	for queued := false; !queued; {
+		select {
+		case resp = <-sync:
+			queued = true
+		default:
+			h.mu.Lock()
+			queued = h.last["registry.example/disks/x:1"] != first
+			h.mu.Unlock()
+			runtime.Gosched()
+		}
+	}
+	close(release)
+	if resp.Status == "" {
+		resp = <-sync
+	}
+	if !strings.Contains(resp.Message, "0 blobs fetched") || overlapped.Load() != 0 {
+		t.Errorf("the request after the asynchronous one: %+v (overlapped %d); want it after, finding everything", resp, overlapped.Load())
 	}
 }
 
