@@ -306,16 +306,7 @@ func (d changedDisk) ReadAt(p []byte, off int64) (int, error) {
 // bytes of disk.
 func layerDigestOf(t *testing.T, disk io.Reader, size int64) string {
 	t.Helper()
-	l, err := layer.New(io.NopCloser(disk), size)
-	if err != nil {
-		t.Fatal(err)
-	}
-	rc, _ := l.Compressed()
-	defer rc.Close()
-	if _, err := io.Copy(io.Discard, rc); err != nil {
-		t.Fatal(err)
-	}
-	d, err := l.Digest()
+	d, err := layer.DigestOf(disk, size)
 	if err != nil {
 		t.Fatal(err)
 	}

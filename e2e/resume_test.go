@@ -93,20 +93,7 @@ func countingSource(t *testing.T, size int64) (string, *atomic.Int64) {
 // generated disk of size bytes.
 func layerDigest(t *testing.T, size int64) string {
 	t.Helper()
-	l, err := layer.New(io.NopCloser(testdisk.New(size).Reader()), size)
-	if err != nil {
-		t.Fatal(err)
-	}
-	rc, _ := l.Compressed()
-	if _, err := io.Copy(io.Discard, rc); err != nil {
-		t.Fatal(err)
-	}
-	rc.Close()
-	d, err := l.Digest()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return d.String()
+	return layerDigestOf(t, testdisk.New(size).Reader(), size)
 }
 
 // TestUploadResumes: the registry connection is cut at 30%, 60% and 90% of

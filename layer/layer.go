@@ -334,3 +334,21 @@ func (l *Layer) finish(digest v1.Hash, size int64) {
 	defer l.mu.Unlock()
 	l.digest, l.tarSize, l.complete = digest, size, true
 }
+
+// DigestOf is the digest of the layer New makes of the size bytes of disk
+// with opts, reading disk once: what an import of that disk pushes.
+func DigestOf(disk io.Reader, size int64, opts ...Option) (v1.Hash, error) {
+	l, err := New(io.NopCloser(disk), size, opts...)
+	if err != nil {
+		return v1.Hash{}, err
+	}
+	rc, err := l.Compressed()
+	if err != nil {
+		return v1.Hash{}, err
+	}
+	defer rc.Close()
+	if _, err := io.Copy(io.Discard, rc); err != nil {
+		return v1.Hash{}, err
+	}
+	return l.Digest()
+}

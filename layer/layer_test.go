@@ -436,3 +436,26 @@ func TestWriteTo(t *testing.T) {
 		t.Errorf("writes of %v bytes, want whole 1 MiB buffers", w.writes)
 	}
 }
+
+// TestDigestOf: DigestOf is the digest a layer of the same disk reports
+// once read, and fails when the disk is shorter than its size.
+func TestDigestOf(t *testing.T) {
+	disk := bytes.Repeat([]byte("disk"), 3000)
+	got, err := DigestOf(bytes.NewReader(disk), int64(len(disk)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := New(io.NopCloser(bytes.NewReader(disk)), int64(len(disk)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rc, _ := l.Compressed()
+	io.Copy(io.Discard, rc)
+	rc.Close()
+	if want, err := l.Digest(); err != nil || got != want {
+		t.Errorf("DigestOf %s, want %s (%v)", got, want, err)
+	}
+	if _, err := DigestOf(bytes.NewReader(disk[1:]), int64(len(disk))); err == nil {
+		t.Error("a short disk gave a digest")
+	}
+}

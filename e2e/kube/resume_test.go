@@ -281,16 +281,7 @@ func (s *gatedSource) open() { s.openOnce.Do(func() { close(s.opened) }) }
 // disk of size bytes makes.
 func layerDigest(t *testing.T, size int64) string {
 	t.Helper()
-	l, err := layer.New(io.NopCloser(testdisk.New(size).Reader()), size)
-	if err != nil {
-		t.Fatal(err)
-	}
-	rc, _ := l.Compressed()
-	if _, err := io.Copy(io.Discard, rc); err != nil {
-		t.Fatal(err)
-	}
-	rc.Close()
-	d, err := l.Digest()
+	d, err := layer.DigestOf(testdisk.New(size).Reader(), size)
 	if err != nil {
 		t.Fatal(err)
 	}
