@@ -75,10 +75,11 @@ func warmOnce(t *testing.T, env, args []string, v any) {
 // the second finds everything present) and a disallowed one, reads its
 // metrics, and stops it with SIGTERM.
 func serveOnce(t *testing.T, env, node []string, image, fresh string) {
-	addr := freeAddr(t)
+	addr, pprofAddr := freeAddr(t), freeAddr(t)
 	ctx, cancel := context.WithTimeout(t.Context(), cliTimeout)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, binPath, append([]string{"serve", "--listen", addr, "--allow-registry", reg.Addr}, node...)...)
+	cmd := exec.CommandContext(ctx, binPath, append([]string{"serve", "--listen", addr, "--allow-registry", reg.Addr,
+		"--pprof-address", pprofAddr}, node...)...)
 	cmd.Env = env
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
@@ -124,6 +125,11 @@ func serveOnce(t *testing.T, env, node []string, image, fresh string) {
 	resp.Body.Close()
 	if !bytes.Contains(metrics, []byte(`diskimporter_prefetch_requests_total{code="403",status="failure"} 1`)) {
 		t.Errorf("metrics lack the refused request:\n%s", metrics)
+	}
+	if resp, err := http.Get("http://" + pprofAddr + "/debug/pprof/"); err != nil || resp.StatusCode != 200 {
+		t.Errorf("--pprof-address: %v %v", resp, err)
+	} else {
+		resp.Body.Close()
 	}
 	start := time.Now()
 	cmd.Process.Signal(syscall.SIGTERM)

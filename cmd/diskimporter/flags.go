@@ -34,17 +34,23 @@ type commonCLI struct {
 // --metrics-address and --metrics-linger, for a command that reports
 // progress.
 func addCommonFlags(fs *pflag.FlagSet, c *commonCLI, metrics bool) {
-	addQuietFlag(fs, &c.quiet)
-	fs.StringVar(&c.logFormat, "log-format", "auto", "log format: text, json, or auto (text on a terminal, JSON otherwise)")
+	addLogFlags(fs, c)
 	fs.DurationVar(&c.timeout, "timeout", 0, "fail (reason Timeout; nothing tagged, partial output kept for a resume) when the command takes longer than this; 0: no limit")
 	fs.StringVar(&c.resultFile, "result-file", "", "also write the JSON result (or the failure) to this file")
 	fs.StringVar(&c.terminationLog, "termination-log", podstatus.DefaultTerminationMessagePath,
 		"in a Pod (POD_NAME set), also write the result, at most 4 KiB, to this termination message file")
-	fs.StringVar(&c.pprofAddress, "pprof-address", "", "serve net/http/pprof (without the command line) on this address, such as 127.0.0.1:6060 (off when empty)")
 	if metrics {
 		addMetricsAddressFlag(fs, &c.metricsAddress)
 		fs.DurationVar(&c.metricsLinger, "metrics-linger", 0, "after the end, keep serving /metrics until a scrape has read the final values, at most this long; 0: stop at once")
 	}
+}
+
+// addLogFlags registers what every command, a server too, is told about
+// its logs and profiling: -q, --log-format and --pprof-address.
+func addLogFlags(fs *pflag.FlagSet, c *commonCLI) {
+	addQuietFlag(fs, &c.quiet)
+	fs.StringVar(&c.logFormat, "log-format", "auto", "log format: text, json, or auto (text on a terminal, JSON otherwise)")
+	fs.StringVar(&c.pprofAddress, "pprof-address", "", "serve net/http/pprof (without the command line) on this address, such as 127.0.0.1:6060 (off when empty)")
 }
 
 // addCheckpointIntervalFlag registers --checkpoint-interval: how much

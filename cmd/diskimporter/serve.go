@@ -68,9 +68,7 @@ func serveFlags(o *warm.Options, c *serveCLI) *pflag.FlagSet {
 	addNodeFlags(fs, o)
 	addRegistryFlags(fs, &o.RegistryOptions, &c.registryCLI, "")
 	addReadFlags(fs, &o.ReadOptions, warm.DefaultConnections, warm.DefaultChunkSize)
-	addQuietFlag(fs, &c.quiet)
-	fs.StringVar(&c.logFormat, "log-format", "auto", "log format: text, json, or auto (text on a terminal, JSON otherwise)")
-	fs.StringVar(&c.pprofAddress, "pprof-address", "", "serve net/http/pprof (without the command line) on this address, such as 127.0.0.1:6060 (off when empty)")
+	addLogFlags(fs, &c.commonCLI)
 	return fs
 }
 
@@ -84,6 +82,11 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		return code
 	}
 	o.Logger = s.logger
+	stop, err := s.servePprof()
+	if err != nil {
+		return s.fail(err)
+	}
+	defer stop()
 	if err := c.serve(ctx, o, s); err != nil {
 		return s.fail(err)
 	}
