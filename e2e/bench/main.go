@@ -181,6 +181,7 @@ type setup struct {
 	reg          *registry.Registry
 	dockerConfig string                 // path of a Docker config.json with the registry's credentials
 	pulls        map[string]*pullSource // the registries of the pull rows, by store kind, once used
+	pageCacheUp  bool                   // warmPageCache has run
 	stops        []func()               // stop what the pull rows started
 	serverCPUs   string                 // where the registries run: "1", or "" on one core
 	self         string                 // this program's binary, for the client subcommands
