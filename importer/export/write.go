@@ -53,7 +53,8 @@ type out interface {
 	write(b []byte, off int64) error
 	// checkpoint makes the bytes before done durable, then records that
 	// the blob's sha256 state after them is state; it may do so in the
-	// background, writes going on meanwhile.
+	// background, writes going on meanwhile, and skips it while the last
+	// one is still under way.
 	checkpoint(done int64, state []byte) error
 	// flush waits for the checkpoint under way, if any, and returns its
 	// error.
@@ -177,6 +178,9 @@ func (e *exporter) pump(ctx context.Context, cancel context.CancelFunc, r io.Rea
 		if hs != nil && !errors.Is(readErr, blob.ErrDigest) && hs.Position() == written && written > from {
 			// Keep what was written for the next run.
 			state, err := hs.State()
+			if err == nil {
+				err = o.flush() // so that this checkpoint is not skipped
+			}
 			if err == nil {
 				err = o.checkpoint(written, state)
 			}
@@ -314,9 +318,22 @@ func (o *fileOut) writeAt(b []byte, off int64) error {
 // checkpoint syncs the file and then writes the state file on a goroutine
 // of its own, so that the disk's bytes keep coming during the sync (which
 // covers every byte written before it starts, so those before done). At
-// most one is under way: the next waits for it, and flush returns its
-// error.
+// most one is under way. While one is, the next is skipped rather than
+// waited for: on a disk that syncs slower than the bytes arrive,
+// checkpoints come as often as it syncs and the export never stops for
+// them. flush waits for the one under way and returns its error.
 func (o *fileOut) checkpoint(done int64, state []byte) error {
+	if o.pending != nil {
+		select {
+		case err := <-o.pending:
+			o.pending = nil
+			if err != nil {
+				return err
+			}
+		default:
+			return nil
+		}
+	}
 	if o.length < done {
 		// Trailing zeros were skipped: the file must still be done
 		// bytes long for a rerun to trust it.
@@ -324,9 +341,6 @@ func (o *fileOut) checkpoint(done int64, state []byte) error {
 			return fmt.Errorf("%w: %w", ErrOutput, err)
 		}
 		o.length = done
-	}
-	if err := o.flush(); err != nil {
-		return err
 	}
 	o.pending = make(chan error, 1)
 	go func(ch chan<- error) { ch <- o.persist(done, state) }(o.pending)
