@@ -1,0 +1,223 @@
+package tlswrite_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"errors"
+	"io"
+	"math/big"
+	mathrand "math/rand/v2"
+	"net"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/diskimporter/diskimporter/importer/tlswrite"
+)
+
+// countingConn counts the writes that reach the socket.
+type countingConn struct {
+	net.Conn
+	writes atomic.Int64
+}
+
+func (c *countingConn) Write(p []byte) (int, error) {
+	c.writes.Add(1)
+	return c.Conn.Write(p)
+}
+
+// server starts a loopback TLS server that runs serve on each connection.
+func server(t *testing.T, serve func(net.Conn)) (addr string, cfg *tls.Config) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "tlswrite"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), DNSNames: []string{"tlswrite.test"}}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				serve(c)
+			}()
+		}
+	}()
+	roots := x509.NewCertPool()
+	roots.AddCert(cert)
+	return l.Addr().String(), &tls.Config{RootCAs: roots, ServerName: "tlswrite.test", MaxVersion: tls.VersionTLS12,
+		CipherSuites: []uint16{tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256}}
+}
+
+func dial(t *testing.T, addr string, cfg *tls.Config) (*tlswrite.Conn, *countingConn) {
+	t.Helper()
+	raw, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cc := &countingConn{Conn: raw}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	c, err := tlswrite.Client(ctx, cc, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c, cc
+}
+
+// TestRecordsOfAWriteGoTogether: a 1 MiB Write is 64 records, sent in
+// 256 KiB socket writes, and the server gets every byte.
+func TestRecordsOfAWriteGoTogether(t *testing.T) {
+	addr, cfg := server(t, func(c net.Conn) {
+		h := sha256.New()
+		io.CopyN(h, c, 8<<20)
+		c.Write(h.Sum(nil))
+	})
+	c, cc := dial(t, addr, cfg)
+	data := make([]byte, 8<<20)
+	rand.Read(data)
+	before := cc.writes.Load()
+	for off := 0; off < len(data); off += 1 << 20 {
+		if _, err := c.Write(data[off : off+1<<20]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	writes := cc.writes.Load() - before
+	got := make([]byte, sha256.Size)
+	if _, err := io.ReadFull(c, got); err != nil {
+		t.Fatal(err)
+	}
+	if want := sha256.Sum256(data); !bytes.Equal(got, want[:]) {
+		t.Fatalf("the server hashed %x, want %x", got, want)
+	}
+	// 8 Writes of 1 MiB: 512 records of 16 KiB, 32 batches and a short
+	// one per Write at most.
+	if writes > 8*5 {
+		t.Errorf("%d socket writes for 8 MiB, want at most 40", writes)
+	}
+}
+
+// TestEchoRandomWrites: writes of random sizes while the server echoes
+// them back, read at the same time; the bytes come back in order.
+func TestEchoRandomWrites(t *testing.T) {
+	addr, cfg := server(t, func(c net.Conn) { io.Copy(c, c) })
+	c, _ := dial(t, addr, cfg)
+	seed := uint64(time.Now().UnixNano())
+	t.Logf("seed %d", seed)
+	rng := mathrand.New(mathrand.NewPCG(seed, 1))
+	var sent bytes.Buffer
+	for range 40 {
+		p := make([]byte, rng.IntN(600<<10))
+		rand.Read(p)
+		sent.Write(p)
+	}
+	type result struct {
+		b   []byte
+		err error
+	}
+	back := make(chan result, 1)
+	go func() {
+		b := make([]byte, sent.Len())
+		_, err := io.ReadFull(c, b)
+		back <- result{b, err}
+	}()
+	rest := sent.Bytes()
+	for len(rest) > 0 {
+		n := min(len(rest), rng.IntN(1<<20)+1)
+		if _, err := c.Write(rest[:n]); err != nil {
+			t.Fatal(err)
+		}
+		rest = rest[n:]
+	}
+	r := <-back
+	if r.err != nil {
+		t.Fatal(r.err)
+	}
+	if !bytes.Equal(r.b, sent.Bytes()) {
+		t.Fatal("the bytes echoed differ from those written")
+	}
+}
+
+// TestFailedWriteSticks: once the socket refuses a write, the Write says
+// so (nothing of it is counted as sent) and so does every later one.
+func TestFailedWriteSticks(t *testing.T) {
+	addr, cfg := server(t, func(c net.Conn) { io.Copy(io.Discard, c) })
+	c, cc := dial(t, addr, cfg)
+	cc.Conn.Close()
+	for i := range 2 {
+		n, err := c.Write(make([]byte, 100<<10))
+		if err == nil || n != 0 {
+			t.Fatalf("write %d on a closed socket: %d, %v; want 0 and an error", i, n, err)
+		}
+		if !errors.Is(err, net.ErrClosed) {
+			t.Errorf("write %d: %v, want net.ErrClosed", i, err)
+		}
+	}
+}
+
+// TestReadFromBatches: io.Copy to the connection (how net/http sends a
+// request body) reads large pieces and sends them together, whatever
+// the size of the reader's reads.
+func TestReadFromBatches(t *testing.T) {
+	addr, cfg := server(t, func(c net.Conn) {
+		h := sha256.New()
+		io.CopyN(h, c, 8<<20)
+		c.Write(h.Sum(nil))
+	})
+	c, cc := dial(t, addr, cfg)
+	data := make([]byte, 8<<20)
+	rand.Read(data)
+	before := cc.writes.Load()
+	// iotest.OneByteReader would take long; 4 KiB reads are small enough.
+	if n, err := io.Copy(c, &smallReads{data}); err != nil || n != int64(len(data)) {
+		t.Fatalf("io.Copy: %d, %v", n, err)
+	}
+	writes := cc.writes.Load() - before
+	got := make([]byte, sha256.Size)
+	if _, err := io.ReadFull(c, got); err != nil {
+		t.Fatal(err)
+	}
+	if want := sha256.Sum256(data); !bytes.Equal(got, want[:]) {
+		t.Fatalf("the server hashed %x, want %x", got, want)
+	}
+	if writes > 40 {
+		t.Errorf("%d socket writes for 8 MiB, want at most 40", writes)
+	}
+}
+
+// smallReads gives its bytes 4 KiB at a time.
+type smallReads struct{ b []byte }
+
+func (s *smallReads) Read(p []byte) (int, error) {
+	if len(s.b) == 0 {
+		return 0, io.EOF
+	}
+	n := copy(p[:min(len(p), 4<<10)], s.b)
+	s.b = s.b[n:]
+	return n, nil
+}
