@@ -1,6 +1,7 @@
 package importer
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -18,6 +19,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/diskimporter/diskimporter/importer/detect"
 	"github.com/diskimporter/diskimporter/importer/fetch"
 )
 
@@ -279,6 +281,9 @@ func openHTTP(ctx context.Context, o *settings, u *url.URL) (*source, io.ReadClo
 			return sourceReader{rc, display}, nil
 		},
 	}
+	if resp != nil && !o.chunkSizeGiven && detect.CompressionOf(peekBody(resp, compressionMagic)) != detect.None {
+		obj.LimitChunkSize(CompressedChunkSize)
+	}
 	if obj.Ranged() && obj.Size() > 0 {
 		src.readerAt = func(ctx context.Context) io.ReaderAt {
 			return sourceReaderAt{obj.ReaderAt(ctx), display}
@@ -286,6 +291,29 @@ func openHTTP(ctx context.Context, o *settings, u *url.URL) (*source, io.ReadClo
 	}
 	return src, sourceReader{obj.NewReader(ctx, resp), display}, nil
 }
+
+// compressionMagic is how many bytes detect.CompressionOf needs.
+const compressionMagic = 6
+
+// peekBody returns the first n bytes of resp's body (fewer when it ends
+// or fails first) and leaves the body as it was: those bytes, then the
+// rest, or the error that stopped the peek.
+func peekBody(resp *http.Response, n int) []byte {
+	head := make([]byte, n)
+	k, err := io.ReadFull(resp.Body, head)
+	head = head[:k]
+	rest := io.Reader(resp.Body)
+	if err != nil && err != io.EOF && err != io.ErrUnexpectedEOF {
+		rest = errReader{err}
+	}
+	resp.Body = readCloser{io.MultiReader(bytes.NewReader(head), rest), resp.Body}
+	return head
+}
+
+// errReader fails every Read with err.
+type errReader struct{ err error }
+
+func (e errReader) Read([]byte) (int, error) { return 0, e.err }
 
 // sourceReader classifies the read errors of a source (ClassifySource).
 type sourceReader struct {

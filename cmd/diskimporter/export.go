@@ -60,7 +60,7 @@ func exportFlags(o *export.Options, c *exportCLI) *pflag.FlagSet {
 	// The registry is export's only remote: it has import's registry
 	// flags, and the --source-* spellings of earlier versions.
 	addRegistryFlags(fs, &o.RegistryOptions, &c.registryCLI, "source-")
-	addReadFlags(fs, &o.ReadOptions, export.DefaultConnections, export.DefaultChunkSize)
+	addReadFlags(fs, &o.ReadOptions, export.DefaultConnections, formatSize(export.DefaultChunkSize))
 	addCommonFlags(fs, &c.commonCLI, true)
 	addCheckpointIntervalFlag(fs, &o.CheckpointInterval)
 	return fs

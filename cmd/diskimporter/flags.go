@@ -71,13 +71,14 @@ func addMetricsAddressFlag(fs *pflag.FlagSet, addr *string) {
 }
 
 // addReadFlags registers how remote bytes are read, with the command's
-// defaults. On the command line 0 retries means none and a 0 stall
-// timeout never; checkReadFlags maps them to importer.ReadOptions.
-func addReadFlags(fs *pflag.FlagSet, r *importer.ReadOptions, defConnections int, defChunkSize int64) {
+// defaults; chunkDefault says what the command does without --chunk-size,
+// which leaves ReadOptions.ChunkSize zero (the library's default). On the
+// command line 0 retries means none and a 0 stall timeout never;
+// checkReadFlags maps them to importer.ReadOptions.
+func addReadFlags(fs *pflag.FlagSet, r *importer.ReadOptions, defConnections int, chunkDefault string) {
 	fs.IntVar(&r.Connections, "connections", defConnections, "parallel Range requests (1 to 64) reading an object whose server answers them; 1 reads one stream")
-	r.ChunkSize = defChunkSize
 	fs.Var(newSize(&r.ChunkSize, importer.MinChunkSize, importer.MaxChunkSize), "chunk-size",
-		"length of each Range request, 64KiB to 1GiB; reassembly holds --connections × this")
+		"length of each Range request, 64KiB to 1GiB; reassembly holds --connections × this (default "+chunkDefault+")")
 	addRetryFlags(fs, r, importer.DefaultRetries, importer.DefaultStallTimeout)
 }
 

@@ -68,7 +68,8 @@ func importFlags(o *importer.Options, c *cliOptions) *pflag.FlagSet {
 	fs.StringVar(&o.Destination, "destination", "", "image to write, REGISTRY/REPO:TAG")
 	addRegistryFlags(fs, &o.RegistryOptions, &c.registryCLI, "")
 	fs.BoolVar(&c.http1, "http1", true, "talk HTTP/1.1 to the registry; --http1=false allows HTTP/2, which costs more CPU per GiB")
-	addReadFlags(fs, &o.ReadOptions, importer.DefaultConnections, importer.DefaultChunkSize)
+	addReadFlags(fs, &o.ReadOptions, importer.DefaultConnections,
+		formatSize(importer.DefaultChunkSize)+"; "+formatSize(importer.CompressedChunkSize)+" for a compressed source")
 	fs.StringVar(&o.Format, "format", "", "fail unless the disk (after decompression) is in this format: raw, qcow2 or iso")
 	fs.StringVar(&c.convert, "convert", "", "\"raw\" turns a qcow2 image into its raw disk (default: store the disk in its own format)")
 	fs.StringArrayVar(&c.checksums, "source-checksum", nil, "expected ALGORITHM:HEX of the source as downloaded (sha256, sha512, sha1, md5); repeatable")

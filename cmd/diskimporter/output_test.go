@@ -182,6 +182,14 @@ func TestSizeFlag(t *testing.T) {
 // TestFlagsDefinedOnce: a flag that two commands share has one meaning in
 // both (the same usage text, the same type), and export takes import's
 // registry flags under their import names.
+// meaning is a flag's usage without the default it names.
+func meaning(usage string) string {
+	if i := strings.LastIndex(usage, " (default "); i >= 0 && strings.HasSuffix(usage, ")") {
+		return usage[:i]
+	}
+	return usage
+}
+
 func TestFlagsDefinedOnce(t *testing.T) {
 	var io importer.Options
 	var ic cliOptions
@@ -203,7 +211,7 @@ func TestFlagsDefinedOnce(t *testing.T) {
 			if f.Hidden || f.Name == "source" {
 				return
 			}
-			if prev, ok := seen[f.Name]; ok && (prev.Value.Type() != f.Value.Type() || prev.Usage != f.Usage && !strings.Contains(f.Usage, "image of")) {
+			if prev, ok := seen[f.Name]; ok && (prev.Value.Type() != f.Value.Type() || meaning(prev.Usage) != meaning(f.Usage) && !strings.Contains(f.Usage, "image of")) {
 				t.Errorf("--%s in %s: %q (%s), elsewhere %q (%s)", f.Name, cmd, f.Usage, f.Value.Type(), prev.Usage, prev.Value.Type())
 			}
 			seen[f.Name] = f

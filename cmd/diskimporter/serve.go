@@ -67,7 +67,7 @@ func serveFlags(o *warm.Options, c *serveCLI) *pflag.FlagSet {
 	fs.DurationVar(&c.warmTimeout, "prefetch-timeout", 30*time.Minute, "longest one prefetch may take")
 	addNodeFlags(fs, o)
 	addRegistryFlags(fs, &o.RegistryOptions, &c.registryCLI, "")
-	addReadFlags(fs, &o.ReadOptions, warm.DefaultConnections, warm.DefaultChunkSize)
+	addReadFlags(fs, &o.ReadOptions, warm.DefaultConnections, formatSize(warm.DefaultChunkSize))
 	addLogFlags(fs, &c.commonCLI)
 	return fs
 }

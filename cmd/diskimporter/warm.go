@@ -51,7 +51,7 @@ func warmFlags(o *warm.Options, c *warmCLI) *pflag.FlagSet {
 	fs.StringVar(&c.image, "image", "", "the image, [docker://]REGISTRY/REPO:TAG or @sha256:…")
 	addNodeFlags(fs, o)
 	addRegistryFlags(fs, &o.RegistryOptions, &c.registryCLI, "")
-	addReadFlags(fs, &o.ReadOptions, warm.DefaultConnections, warm.DefaultChunkSize)
+	addReadFlags(fs, &o.ReadOptions, warm.DefaultConnections, formatSize(warm.DefaultChunkSize))
 	addCommonFlags(fs, &c.commonCLI, true)
 	return fs
 }

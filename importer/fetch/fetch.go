@@ -401,6 +401,12 @@ func (o *Object) getFrom(ctx context.Context, target string, start, end int64) (
 	return resp, bodyEnd, nil
 }
 
+// LimitChunkSize makes the Range requests of the readers made after it
+// at most n bytes long. It must not be called while one is made.
+func (o *Object) LimitChunkSize(n int64) {
+	o.opts.ChunkSize = min(o.opts.ChunkSize, n)
+}
+
 // NewReader returns the object's bytes in order. first is the response
 // Open returned, whose bytes it starts with, or nil to start with a
 // request of its own (a second read of the object). With

@@ -145,8 +145,11 @@ func (r *parallelReader) dispatch(first io.ReadCloser, from, firstEnd, to int64)
 			}
 			return
 		}
-		if int64(cap(buf)) < max(length, chunk) {
-			buf = getChunk(max(length, chunk))
+		if need := max(length, chunk); int64(cap(buf)) < need || int64(cap(buf)) > 2*need {
+			// Too small, or the first piece's buffer, which was
+			// longer than the chunk size (LimitChunkSize): it
+			// is left to the garbage collector.
+			buf = getChunk(need)
 		}
 		p := &piece{start: start, buf: buf[:length], started: time.Now()}
 		r.order <- p // never blocks: a piece holds one of Connections buffers
