@@ -309,8 +309,8 @@ type Options struct {
 
 // Defaults of the Options fields whose zero value means "the default".
 const (
-	DefaultConnections  = 4
-	DefaultChunkSize    = 8 << 20
+	DefaultConnections = 4
+	DefaultChunkSize   = 8 << 20
 	// CompressedChunkSize is the default ChunkSize of a compressed
 	// source: its decoder, not the network, sets the pace, and with
 	// DefaultChunkSize the pieces held 32 MiB beside the decoder's own
@@ -333,8 +333,8 @@ type settings struct {
 	Options
 	// chunkSizeGiven: ChunkSize was not zero, the default.
 	chunkSizeGiven bool
-	ref      name.Tag
-	platform v1.Platform
+	ref            name.Tag
+	platform       v1.Platform
 	// sourceKeychain gives a docker:// source its credentials.
 	sourceKeychain authn.Keychain
 }
