@@ -95,8 +95,8 @@ const tlsHandshakeTimeout = 30 * time.Second
 // dial and sends the TLS records of each write in large socket writes
 // (package tlswrite): the layer's upload costs a third less CPU per GiB
 // than with one socket write per 16 KiB record. tc is the configuration
-// net/http would use itself; with a proxy, net/http dials and runs TLS
-// on its own, unbatched.
+// net/http would use itself; through a proxy, the TLS to the registry in
+// the tunnel is net/http's own, unbatched.
 func batchedTLSDial(dial func(ctx context.Context, network, addr string) (net.Conn, error), tc *tls.Config) func(ctx context.Context, network, addr string) (net.Conn, error) {
 	return func(ctx context.Context, network, addr string) (net.Conn, error) {
 		raw, err := dial(ctx, network, addr)
