@@ -90,35 +90,55 @@ func dial(t *testing.T, addr string, cfg *tls.Config) (*tlswrite.Conn, *counting
 	return c, cc
 }
 
-// TestRecordsOfAWriteGoTogether: a 1 MiB Write is 64 records, sent in
-// 256 KiB socket writes, and the server gets every byte.
-func TestRecordsOfAWriteGoTogether(t *testing.T) {
-	addr, cfg := server(t, func(c net.Conn) {
-		h := sha256.New()
-		io.CopyN(h, c, 8<<20)
-		c.Write(h.Sum(nil))
-	})
-	c, cc := dial(t, addr, cfg)
-	data := make([]byte, 8<<20)
-	rand.Read(data)
-	before := cc.writes.Load()
-	for off := 0; off < len(data); off += 1 << 20 {
-		if _, err := c.Write(data[off : off+1<<20]); err != nil {
-			t.Fatal(err)
-		}
-	}
-	writes := cc.writes.Load() - before
-	got := make([]byte, sha256.Size)
-	if _, err := io.ReadFull(c, got); err != nil {
-		t.Fatal(err)
-	}
-	if want := sha256.Sum256(data); !bytes.Equal(got, want[:]) {
-		t.Fatalf("the server hashed %x, want %x", got, want)
-	}
-	// 8 Writes of 1 MiB: 512 records of 16 KiB, 32 batches and a short
-	// one per Write at most.
-	if writes > 8*5 {
-		t.Errorf("%d socket writes for 8 MiB, want at most 40", writes)
+// TestRecordsGoTogether: 8 MiB written as 1 MiB Writes, or through
+// io.Copy from a reader of 4 KiB reads (how net/http sends a request
+// body), reach the socket in 256 KiB writes rather than one per 16 KiB
+// record, and the server gets every byte.
+func TestRecordsGoTogether(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		send func(w io.Writer, data []byte) error
+	}{
+		{"1 MiB Writes", func(w io.Writer, data []byte) error {
+			for off := 0; off < len(data); off += 1 << 20 {
+				if _, err := w.Write(data[off : off+1<<20]); err != nil {
+					return err
+				}
+			}
+			return nil
+		}},
+		{"io.Copy of 4 KiB reads", func(w io.Writer, data []byte) error {
+			_, err := io.Copy(w, &smallReads{data})
+			return err
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			addr, cfg := server(t, func(c net.Conn) {
+				h := sha256.New()
+				io.CopyN(h, c, 8<<20)
+				c.Write(h.Sum(nil))
+			})
+			c, cc := dial(t, addr, cfg)
+			data := make([]byte, 8<<20)
+			rand.Read(data)
+			before := cc.writes.Load()
+			if err := tc.send(c, data); err != nil {
+				t.Fatal(err)
+			}
+			writes := cc.writes.Load() - before
+			got := make([]byte, sha256.Size)
+			if _, err := io.ReadFull(c, got); err != nil {
+				t.Fatal(err)
+			}
+			if want := sha256.Sum256(data); !bytes.Equal(got, want[:]) {
+				t.Fatalf("the server hashed %x, want %x", got, want)
+			}
+			// 512 records of 16 KiB: 32 batches, and a short one per
+			// Write at most.
+			if writes > 40 {
+				t.Errorf("%d socket writes for 8 MiB, want at most 40", writes)
+			}
+		})
 	}
 }
 
@@ -177,36 +197,6 @@ func TestFailedWriteSticks(t *testing.T) {
 		if !errors.Is(err, net.ErrClosed) {
 			t.Errorf("write %d: %v, want net.ErrClosed", i, err)
 		}
-	}
-}
-
-// TestReadFromBatches: io.Copy to the connection (how net/http sends a
-// request body) reads large pieces and sends them together, whatever
-// the size of the reader's reads.
-func TestReadFromBatches(t *testing.T) {
-	addr, cfg := server(t, func(c net.Conn) {
-		h := sha256.New()
-		io.CopyN(h, c, 8<<20)
-		c.Write(h.Sum(nil))
-	})
-	c, cc := dial(t, addr, cfg)
-	data := make([]byte, 8<<20)
-	rand.Read(data)
-	before := cc.writes.Load()
-	// iotest.OneByteReader would take long; 4 KiB reads are small enough.
-	if n, err := io.Copy(c, &smallReads{data}); err != nil || n != int64(len(data)) {
-		t.Fatalf("io.Copy: %d, %v", n, err)
-	}
-	writes := cc.writes.Load() - before
-	got := make([]byte, sha256.Size)
-	if _, err := io.ReadFull(c, got); err != nil {
-		t.Fatal(err)
-	}
-	if want := sha256.Sum256(data); !bytes.Equal(got, want[:]) {
-		t.Fatalf("the server hashed %x, want %x", got, want)
-	}
-	if writes > 40 {
-		t.Errorf("%d socket writes for 8 MiB, want at most 40", writes)
 	}
 }
 
