@@ -316,6 +316,43 @@ func TestPortRetry(t *testing.T) {
 	}
 }
 
+// TestStorePortRetry: the S3 store's first port is taken; MinIO, which
+// says so and exits, is started again on another.
+func TestStorePortRetry(t *testing.T) {
+	skipShort(t)
+	dir, err := CacheBinDir()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !isExecutableFile(filepath.Join(dir, "minio-"+MinIOVersion)) {
+		t.Skip("MinIO is not built: go run ./e2e/setup")
+	}
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	busyPort := busy.Addr().(*net.TCPAddr).Port
+	calls := 0
+	pickPort = func() (int, error) {
+		calls++
+		if calls == 1 {
+			return busyPort, nil
+		}
+		return freePort()
+	}
+	t.Cleanup(func() { pickPort = freePort })
+
+	r := StartT(t, Options{S3: &S3Options{}})
+	if r.Store.Addr == busy.Addr().String() || calls != 3 {
+		t.Errorf("store at %s (busy: %s), pickPort called %d times; want another address and 3 calls (store twice, registry)",
+			r.Store.Addr, busy.Addr(), calls)
+	}
+	if resp := get(t, client(r, false), "https://"+r.Addr+"/v2/", r); resp.StatusCode != http.StatusOK {
+		t.Errorf("GET /v2/: %s", resp.Status)
+	}
+}
+
 // lockedBuffer is a bytes.Buffer safe for concurrent use.
 type lockedBuffer struct {
 	mu  sync.Mutex

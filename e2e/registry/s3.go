@@ -1,11 +1,13 @@
 package registry
 
 import (
+	"bytes"
 	"context"
 	"crypto/hmac"
 	"crypto/sha256"
 	"crypto/tls"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -53,7 +55,9 @@ type Store struct {
 }
 
 // startStore builds (once) and starts MinIO with its data under r.Dir,
-// waits until it is live and creates the bucket.
+// waits until it is live and creates the bucket. A port taken between
+// its choice and MinIO's bind (by a test running beside) is chosen again,
+// as the registry's is.
 func (r *Registry) startStore(ctx context.Context, o Options) error {
 	bin, err := Tool(ctx, "minio", MinIOModule, MinIOVersion)
 	if err != nil {
@@ -69,7 +73,20 @@ func (r *Registry) startStore(ctx context.Context, o Options) error {
 			return err
 		}
 	}
-	port, err := freePort()
+	var lastErr error
+	for range portAttempts {
+		err := r.launchStore(ctx, bin, dir, o)
+		if !errors.Is(err, errPortInUse) {
+			return err
+		}
+		lastErr = err
+	}
+	return fmt.Errorf("registry: S3 store: gave up after %d attempts: %w", portAttempts, lastErr)
+}
+
+// launchStore starts MinIO on ports of its own and creates the bucket.
+func (r *Registry) launchStore(ctx context.Context, bin, dir string, o Options) error {
+	port, err := pickPort()
 	if err != nil {
 		return err
 	}
@@ -80,7 +97,7 @@ func (r *Registry) startStore(ctx context.Context, o Options) error {
 	s := &Store{Addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), Bucket: "registry",
 		AccessKey: "di" + randomHex(8), SecretKey: randomToken(24)}
 	cmd := exec.Command(bin, "server", "--quiet", "--address", s.Addr,
-		"--console-address", "127.0.0.1:"+strconv.Itoa(console), "--certs-dir", certs, filepath.Join(dir, "data"))
+		"--console-address", "127.0.0.1:"+strconv.Itoa(console), "--certs-dir", filepath.Join(dir, "certs"), filepath.Join(dir, "data"))
 	if o.CPUs != "" {
 		cmd = exec.Command("taskset", append([]string{"-c", o.CPUs}, cmd.Args...)...)
 	}
@@ -131,6 +148,9 @@ func (s *Store) createBucket(ctx context.Context, tlsc *tls.Config) error {
 		}
 		select {
 		case <-s.p.done:
+			if tail := s.p.logs.tail(); bytes.Contains(tail, []byte("already in use")) {
+				return fmt.Errorf("%w: the S3 store's %s", errPortInUse, s.Addr)
+			}
 			return fmt.Errorf("registry: the S3 store exited during startup (%v):\n%s", s.p.err, s.p.logs.tail())
 		case <-ctx.Done():
 			return fmt.Errorf("registry: the S3 store at %s: no bucket (%s): %w\n%s", s.Addr, last, ctx.Err(), s.p.logs.tail())
