@@ -15,7 +15,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -24,6 +23,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/diskimporter/diskimporter/e2e/registry"
 	"k8s.io/client-go/rest"
 )
 
@@ -73,7 +73,14 @@ func Start(ctx context.Context, dir string, log io.Writer) (_ *Cluster, err erro
 
 // startEtcd starts etcd with its data under dir and returns its client port.
 func (c *Cluster) startEtcd(bin, dir string, log io.Writer) (int, error) {
-	client, peer := freePort(), freePort()
+	client, err := registry.FreePort()
+	if err != nil {
+		return 0, err
+	}
+	peer, err := registry.FreePort()
+	if err != nil {
+		return 0, err
+	}
 	peerURL := "http://127.0.0.1:" + strconv.Itoa(peer)
 	clientURL := "http://127.0.0.1:" + strconv.Itoa(client)
 	return client, c.start(log, bin,
@@ -94,7 +101,9 @@ func (c *Cluster) startAPIServer(bin, dir string, etcdPort int, log io.Writer) e
 		return err
 	}
 	certDir := filepath.Join(dir, "certs")
-	c.Port = freePort()
+	if c.Port, err = registry.FreePort(); err != nil {
+		return err
+	}
 	c.Host = "https://127.0.0.1:" + strconv.Itoa(c.Port)
 	// The self-signed serving certificate it writes holds the CA that
 	// signed it after the leaf: a pod's ca.crt.
@@ -197,16 +206,7 @@ func writeKey(path string) (string, error) {
 	return path, os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: der}), 0o600)
 }
 
-// freePort returns a loopback port that was free a moment ago.
-func freePort() int {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		panic(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
-
+// randomHex returns n random bytes in hex.
 func randomHex(n int) string {
 	b := make([]byte, n)
 	_, _ = rand.Read(b)

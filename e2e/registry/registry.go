@@ -487,12 +487,13 @@ func (p *proc) kill() error {
 
 // pickPort chooses the registry's port; a variable so tests can force a
 // port collision.
-var pickPort = freePort
+var pickPort = FreePort
 
-// freePort asks the kernel for an unused loopback TCP port. The port is
+// FreePort asks the kernel for an unused loopback TCP port. The port is
 // released before returning, so it can be taken by someone else before the
-// registry binds it; Start retries in that case.
-func freePort() (int, error) {
+// process given it binds it; Start retries in that case, for the registry
+// and its S3 store.
+func FreePort() (int, error) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return 0, err

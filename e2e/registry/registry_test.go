@@ -300,9 +300,9 @@ func TestPortRetry(t *testing.T) {
 		if calls == 1 {
 			return busyPort, nil
 		}
-		return freePort()
+		return FreePort()
 	}
-	t.Cleanup(func() { pickPort = freePort })
+	t.Cleanup(func() { pickPort = FreePort })
 
 	r := StartT(t, Options{})
 	if calls != 2 {
@@ -339,9 +339,9 @@ func TestStorePortRetry(t *testing.T) {
 		if calls == 1 {
 			return busyPort, nil
 		}
-		return freePort()
+		return FreePort()
 	}
-	t.Cleanup(func() { pickPort = freePort })
+	t.Cleanup(func() { pickPort = FreePort })
 
 	r := StartT(t, Options{S3: &S3Options{}})
 	if r.Store.Addr == busy.Addr().String() || calls != 3 {

@@ -90,7 +90,7 @@ func (r *Registry) launchStore(ctx context.Context, bin, dir string, o Options) 
 	if err != nil {
 		return err
 	}
-	console, err := freePort()
+	console, err := FreePort()
 	if err != nil {
 		return err
 	}
