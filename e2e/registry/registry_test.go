@@ -283,73 +283,61 @@ func TestStartFailure(t *testing.T) {
 	}
 }
 
-// TestPortRetry forces the first chosen port to be taken and checks that
-// Start retries with another one.
-func TestPortRetry(t *testing.T) {
-	skipShort(t)
+// takenFirst makes pickPort give a port that is taken, then free ones,
+// until the test ends. It returns the taken address and pickPort's calls.
+func takenFirst(t *testing.T) (string, *int) {
 	busy, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer busy.Close()
-	busyPort := busy.Addr().(*net.TCPAddr).Port
-
+	t.Cleanup(func() { busy.Close() })
 	calls := 0
 	pickPort = func() (int, error) {
 		calls++
 		if calls == 1 {
-			return busyPort, nil
+			return busy.Addr().(*net.TCPAddr).Port, nil
 		}
 		return FreePort()
 	}
 	t.Cleanup(func() { pickPort = FreePort })
-
-	r := StartT(t, Options{})
-	if calls != 2 {
-		t.Errorf("pickPort called %d times, want 2", calls)
-	}
-	if r.Addr == busy.Addr().String() {
-		t.Errorf("registry claims the busy address %s", r.Addr)
-	}
-	if resp := get(t, client(r, false), "https://"+r.Addr+"/v2/", r); resp.StatusCode != http.StatusOK {
-		t.Errorf("GET /v2/: %s", resp.Status)
-	}
+	return busy.Addr().String(), &calls
 }
 
-// TestStorePortRetry: the S3 store's first port is taken; MinIO, which
-// says so and exits, is started again on another.
-func TestStorePortRetry(t *testing.T) {
+// TestPortRetry: the registry's first port is taken; Start retries with
+// another one, for the registry and for its S3 store (MinIO says so and
+// exits), and the registry answers.
+func TestPortRetry(t *testing.T) {
 	skipShort(t)
-	dir, err := CacheBinDir()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !isExecutableFile(filepath.Join(dir, "minio-"+MinIOVersion)) {
-		t.Skip("MinIO is not built: go run ./e2e/setup")
-	}
-	busy, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer busy.Close()
-	busyPort := busy.Addr().(*net.TCPAddr).Port
-	calls := 0
-	pickPort = func() (int, error) {
-		calls++
-		if calls == 1 {
-			return busyPort, nil
-		}
-		return FreePort()
-	}
-	t.Cleanup(func() { pickPort = FreePort })
-
-	r := StartT(t, Options{S3: &S3Options{}})
-	if r.Store.Addr == busy.Addr().String() || calls != 3 {
-		t.Errorf("store at %s (busy: %s), pickPort called %d times; want another address and 3 calls (store twice, registry)",
-			r.Store.Addr, busy.Addr(), calls)
-	}
-	if resp := get(t, client(r, false), "https://"+r.Addr+"/v2/", r); resp.StatusCode != http.StatusOK {
-		t.Errorf("GET /v2/: %s", resp.Status)
+	for _, tc := range []struct {
+		name  string
+		s3    bool
+		calls int // the store's two, then the registry's
+	}{{"registry", false, 2}, {"S3 store", true, 3}} {
+		t.Run(tc.name, func(t *testing.T) {
+			o := Options{}
+			if tc.s3 {
+				dir, err := CacheBinDir()
+				if err != nil {
+					t.Fatal(err)
+				}
+				if !isExecutableFile(filepath.Join(dir, "minio-"+MinIOVersion)) {
+					t.Skip("MinIO is not built: go run ./e2e/setup")
+				}
+				o.S3 = &S3Options{}
+			}
+			busy, calls := takenFirst(t)
+			r := StartT(t, o)
+			got := r.Addr
+			if tc.s3 {
+				got = r.Store.Addr
+			}
+			if got == busy || *calls != tc.calls {
+				t.Errorf("at %s (busy: %s), pickPort called %d times; want another address and %d calls", got, busy, *calls, tc.calls)
+			}
+			if resp := get(t, client(r, false), "https://"+r.Addr+"/v2/", r); resp.StatusCode != http.StatusOK {
+				t.Errorf("GET /v2/: %s", resp.Status)
+			}
+		})
 	}
 }
 
