@@ -3,18 +3,16 @@ package tlswrite_test
 import (
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"errors"
 	"io"
-	"math/big"
 	mathrand "math/rand/v2"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -33,24 +31,14 @@ func (c *countingConn) Write(p []byte) (int, error) {
 	return c.Conn.Write(p)
 }
 
-// server starts a loopback TLS server that runs serve on each connection.
+// server starts a loopback TLS server that runs serve on each connection,
+// with the certificate of net/http/httptest.
 func server(t *testing.T, serve func(net.Conn)) (addr string, cfg *tls.Config) {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "tlswrite"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), DNSNames: []string{"tlswrite.test"}}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	l, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key}}})
+	hs := httptest.NewUnstartedServer(http.NotFoundHandler())
+	hs.StartTLS() // for its certificate only
+	hs.Close()
+	l, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{Certificates: hs.TLS.Certificates})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -68,9 +56,9 @@ func server(t *testing.T, serve func(net.Conn)) (addr string, cfg *tls.Config) {
 		}
 	}()
 	roots := x509.NewCertPool()
-	roots.AddCert(cert)
-	return l.Addr().String(), &tls.Config{RootCAs: roots, ServerName: "tlswrite.test", MaxVersion: tls.VersionTLS12,
-		CipherSuites: []uint16{tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256}}
+	roots.AddCert(hs.Certificate())
+	return l.Addr().String(), &tls.Config{RootCAs: roots, ServerName: "example.com", MaxVersion: tls.VersionTLS12,
+		CipherSuites: []uint16{tls.TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256}}
 }
 
 func dial(t *testing.T, addr string, cfg *tls.Config) (*tlswrite.Conn, *countingConn) {
