@@ -1,14 +1,12 @@
 package kube
 
 import (
-	"bytes"
 	"context"
 	"flag"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"sync"
 	"testing"
 	"time"
 
@@ -45,7 +43,7 @@ func setup(m *testing.M) int {
 	defer os.RemoveAll(dir)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
-	logs := &lockedBuffer{}
+	logs := &registry.LockedBuffer{}
 	if cluster, err = Start(ctx, dir, logs); err != nil {
 		fmt.Fprintf(os.Stderr, "kube: %v\n%s\n", err, tail(logs.Bytes()))
 		return 1
@@ -91,24 +89,6 @@ func need(t *testing.T) {
 	if skipReason != "" {
 		t.Skip(skipReason)
 	}
-}
-
-// lockedBuffer collects a child's output.
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) Bytes() []byte {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return bytes.Clone(b.buf.Bytes())
 }
 
 // tail is the last 8 KiB of b.

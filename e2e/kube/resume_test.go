@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/diskimporter/diskimporter/e2e/registry"
 	"github.com/diskimporter/diskimporter/importer/testdisk"
 	"github.com/diskimporter/diskimporter/layer"
 	batchv1 "k8s.io/api/batch/v1"
@@ -86,7 +87,7 @@ func TestNewPodResumes(t *testing.T) {
 // podProcess is the importer run as the container of a pod.
 type podProcess struct {
 	cmd            *exec.Cmd
-	stdout, stderr lockedBuffer
+	stdout, stderr registry.LockedBuffer
 	terminationLog string
 	done           chan struct{} // closed when the process has ended
 	err            error         // cmd.Wait's, once done is closed

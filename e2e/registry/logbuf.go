@@ -1,6 +1,7 @@
 package registry
 
 import (
+	"bytes"
 	"io"
 	"sync"
 )
@@ -43,4 +44,25 @@ func (w *tailWriter) tail() []byte {
 		b = b[len(b)-logTailSize:]
 	}
 	return append([]byte(nil), b...)
+}
+
+// LockedBuffer collects a child process's output, written from the
+// goroutines os/exec copies it on, for a test to read.
+type LockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+// Write appends p.
+func (b *LockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+// Bytes returns a copy of what was written so far.
+func (b *LockedBuffer) Bytes() []byte {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return bytes.Clone(b.buf.Bytes())
 }
