@@ -182,31 +182,14 @@ func fileExists(p string) bool {
 }
 
 // logSink is a concurrency-safe in-memory log of a registry's output.
-type logSink struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (s *logSink) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.buf.Write(p)
-}
-
-func (s *logSink) Bytes() []byte {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return bytes.Clone(s.buf.Bytes())
-}
+type logSink struct{ registry.LockedBuffer }
 
 // writeLines returns the access-log lines of write requests (POST, PATCH,
 // PUT) to repository repo: those of the import, never of the pull-back
 // checks, which only read.
 func (s *logSink) writeLines(repo string) []string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
 	var out []string
-	for line := range strings.Lines(s.buf.String()) {
+	for line := range strings.Lines(string(s.Bytes())) {
 		for _, m := range []string{"POST", "PATCH", "PUT"} {
 			if strings.Contains(line, `"`+m+" /v2/"+repo+"/") {
 				out = append(out, strings.TrimSpace(line))
