@@ -19,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/diskimporter/diskimporter/e2e/fault"
 	"github.com/diskimporter/diskimporter/importer/testdisk"
 	"github.com/diskimporter/diskimporter/layer"
 	"github.com/klauspost/compress/gzip"
@@ -43,43 +44,9 @@ func (h *holdAt) handle(w http.ResponseWriter, r *http.Request) bool {
 	if h.armed.Load() {
 		limit = h.at // the first run's PATCH starts at 0
 	}
-	r.Body = &heldBody{rc: r.Body, left: limit, h: h}
+	r.Body = &fault.Body{RC: r.Body, Left: limit, Reached: h.reached, Count: &h.forwarded}
 	return false
 }
-
-// heldBody gives left bytes (all when left < 0), then forwards nothing
-// more: it reads and drops the client's bytes until the client goes away
-// (a server notices that only through the body while it is unread).
-type heldBody struct {
-	rc   io.ReadCloser
-	left int64
-	h    *holdAt
-}
-
-func (b *heldBody) Read(p []byte) (int, error) {
-	if b.left == 0 {
-		select {
-		case b.h.reached <- struct{}{}:
-		default:
-		}
-		for {
-			if _, err := b.rc.Read(p); err != nil {
-				return 0, errCut
-			}
-		}
-	}
-	if b.left > 0 && int64(len(p)) > b.left {
-		p = p[:b.left]
-	}
-	n, err := b.rc.Read(p)
-	if b.left > 0 {
-		b.left -= int64(n)
-	}
-	b.h.forwarded.Add(int64(n))
-	return n, err
-}
-
-func (b *heldBody) Close() error { return b.rc.Close() }
 
 // killCase is an import killed once the registry holds 70% of its layer,
 // and run again with the same --checkpoint.

@@ -1,8 +1,6 @@
 package e2e
 
 import (
-	"errors"
-	"io"
 	"net/http"
 	"net/http/httptest"
 	"strconv"
@@ -12,12 +10,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/diskimporter/diskimporter/e2e/fault"
 	"github.com/diskimporter/diskimporter/importer/testdisk"
 	"github.com/diskimporter/diskimporter/layer"
 )
-
-// errCut is the failure a patchCutter puts in a PATCH body.
-var errCut = errors.New("connection cut by the test")
 
 // patchCutter forwards layer PATCHes to the registry, cutting each of the
 // first len(at) of them when the layer's byte at[i] is reached, and counts
@@ -46,34 +42,9 @@ func (c *patchCutter) handle(w http.ResponseWriter, r *http.Request) bool {
 		limit, c.at = c.at[0]-from, c.at[1:]
 	}
 	c.mu.Unlock()
-	r.Body = &cutBody{rc: r.Body, left: limit, count: &c.forwarded}
+	r.Body = &fault.Body{RC: r.Body, Left: limit, Count: &c.forwarded}
 	return false
 }
-
-// cutBody fails after left bytes (never when left < 0), counting what it
-// gives.
-type cutBody struct {
-	rc    io.ReadCloser
-	left  int64
-	count *atomic.Int64
-}
-
-func (b *cutBody) Read(p []byte) (int, error) {
-	if b.left == 0 {
-		return 0, errCut
-	}
-	if b.left > 0 && int64(len(p)) > b.left {
-		p = p[:b.left]
-	}
-	n, err := b.rc.Read(p)
-	if b.left > 0 {
-		b.left -= int64(n)
-	}
-	b.count.Add(int64(n))
-	return n, err
-}
-
-func (b *cutBody) Close() error { return b.rc.Close() }
 
 // countingSource serves a generated disk with Range support and an ETag,
 // counting the body bytes it writes.

@@ -3,7 +3,6 @@ package main
 import (
 	"crypto/tls"
 	"encoding/pem"
-	"errors"
 	"fmt"
 	"io"
 	"log"
@@ -19,11 +18,9 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/diskimporter/diskimporter/e2e/fault"
 	"github.com/diskimporter/diskimporter/e2e/registry"
 )
-
-// errCut is the failure the proxy puts in a layer PATCH it cuts or holds.
-var errCut = errors.New("connection cut by the fault proxy")
 
 // proxyPlan is what the fault proxy does to one import.
 type proxyPlan struct {
@@ -146,12 +143,12 @@ func (p *faultProxy) patchBody(r *http.Request) io.ReadCloser {
 	defer p.mu.Unlock()
 	from := contentRangeStart(r.Header.Get("Content-Range"))
 	carries := func(at int64) bool { return at > from && at < from+r.ContentLength }
-	b := &faultBody{rc: r.Body, left: -1, forwarded: &p.forwarded}
+	b := &fault.Body{RC: r.Body, Left: -1, Count: &p.forwarded}
 	switch {
 	case carries(p.plan.cutAt):
-		b.left, p.plan.cutAt = p.plan.cutAt-from, 0
+		b.Left, p.plan.cutAt = p.plan.cutAt-from, 0
 	case carries(p.plan.holdAt):
-		b.left, b.reached, p.plan.holdAt = p.plan.holdAt-from, p.reached, 0
+		b.Left, b.Reached, p.plan.holdAt = p.plan.holdAt-from, p.reached, 0
 	}
 	return b
 }
@@ -188,45 +185,6 @@ func (p *faultProxy) keepOnProxy(h http.Header) {
 		h.Set("Location", strings.Replace(loc, p.reg.Addr, p.addr, 1))
 	}
 }
-
-// faultBody passes on left bytes (all when left < 0), counting them, then
-// fails: at once, or, when reached is set, after telling it and reading
-// and dropping the client's bytes until the client goes away (a server
-// notices a client gone only through a body it reads).
-type faultBody struct {
-	rc        io.ReadCloser
-	left      int64
-	reached   chan struct{}
-	forwarded *atomic.Int64
-}
-
-func (b *faultBody) Read(p []byte) (int, error) {
-	if b.left == 0 {
-		if b.reached != nil {
-			select {
-			case b.reached <- struct{}{}:
-			default:
-			}
-			for {
-				if _, err := b.rc.Read(p); err != nil {
-					return 0, errCut
-				}
-			}
-		}
-		return 0, errCut
-	}
-	if b.left > 0 && int64(len(p)) > b.left {
-		p = p[:b.left]
-	}
-	n, err := b.rc.Read(p)
-	if b.left > 0 {
-		b.left -= int64(n)
-	}
-	b.forwarded.Add(int64(n))
-	return n, err
-}
-
-func (b *faultBody) Close() error { return b.rc.Close() }
 
 // statusWriter remembers the status of an answer.
 type statusWriter struct {
