@@ -1,7 +1,7 @@
 package importer
 
 import (
-	"bytes"
+	"bufio"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -299,21 +299,11 @@ const compressionMagic = 6
 // or fails first) and leaves the body as it was: those bytes, then the
 // rest, or the error that stopped the peek.
 func peekBody(resp *http.Response, n int) []byte {
-	head := make([]byte, n)
-	k, err := io.ReadFull(resp.Body, head)
-	head = head[:k]
-	rest := io.Reader(resp.Body)
-	if err != nil && err != io.EOF && err != io.ErrUnexpectedEOF {
-		rest = errReader{err}
-	}
-	resp.Body = readCloser{io.MultiReader(bytes.NewReader(head), rest), resp.Body}
+	br := bufio.NewReaderSize(resp.Body, n)
+	head, _ := peek(br, n) // an error is br's next after head
+	resp.Body = readCloser{br, resp.Body}
 	return head
 }
-
-// errReader fails every Read with err.
-type errReader struct{ err error }
-
-func (e errReader) Read([]byte) (int, error) { return 0, e.err }
 
 // sourceReader classifies the read errors of a source (ClassifySource).
 type sourceReader struct {
