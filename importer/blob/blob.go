@@ -292,7 +292,7 @@ func (d *Disk) Reader(ctx context.Context) (io.ReadCloser, error) {
 			return nil, src.corrupt(err)
 		}
 		if isFile(hdr) && path.Clean(hdr.Name) == d.Path {
-			return &diskReader{r: corruptReader{tr, src}, left: d.Size, close: closeAll, finish: func() error {
+			return &diskReader{r: fetch.Borrow(corruptReader{tr, src}), left: d.Size, close: closeAll, finish: func() error {
 				if _, err := io.Copy(io.Discard, src); err != nil { // the rest of the blob, for its digest
 					return err
 				}
@@ -342,9 +342,9 @@ func (d *Disk) section(ctx context.Context, done int64, h hash.Hash) (*diskReade
 	if err != nil {
 		return nil, err
 	}
-	r := io.Reader(io.TeeReader(body, h))
+	r := fetch.Nexter(hashed{r: fetch.Borrow(body), h: h})
 	if d.sparse != nil {
-		r = &sparseReader{m: d.sparse, r: r, pos: done, i: d.sparse.first(done)}
+		r = fetch.Borrow(&sparseReader{m: d.sparse, r: r, pos: done, i: d.sparse.first(done)})
 	}
 	return &diskReader{r: r, left: d.Size - done, close: body.Close, finish: func() error {
 		tail, err := d.blob.NewSectionReader(ctx, tailAt, d.blob.Size()-tailAt)
@@ -392,9 +392,10 @@ func (d *Disk) check(h hash.Hash, size int64) error {
 }
 
 // diskReader gives the disk's left bytes from r, then runs finish (the
-// digest check) before it says io.EOF.
+// digest check) before it says io.EOF. It hands them out without a copy
+// (Next) when r does.
 type diskReader struct {
-	r      io.Reader
+	r      fetch.Nexter
 	left   int64
 	close  func() error
 	finish func() error
@@ -404,25 +405,64 @@ type diskReader struct {
 
 func (d *diskReader) Read(p []byte) (int, error) {
 	if d.left == 0 {
-		if !d.done {
-			d.done, d.err = true, d.finish()
-			if d.err == nil {
-				d.err = io.EOF
-			}
-		}
-		return 0, d.err
+		return 0, d.end()
 	}
 	if int64(len(p)) > d.left {
 		p = p[:d.left]
 	}
 	n, err := d.r.Read(p)
 	d.left -= int64(n)
-	if err == io.EOF && d.left > 0 {
-		err = io.ErrUnexpectedEOF
-	} else if err == io.EOF {
-		err = nil // finish runs on the next Read
+	return n, d.check(err)
+}
+
+// Next is Read without a copy, from r's own buffers.
+func (d *diskReader) Next(n int) ([]byte, error) {
+	if d.left == 0 {
+		return nil, d.end()
 	}
+	b, err := d.r.Next(int(min(int64(n), d.left)))
+	d.left -= int64(len(b))
+	return b, d.check(err)
+}
+
+// check turns the io.EOF of r into io.ErrUnexpectedEOF before the disk's
+// last byte, and into nil at it: finish runs on the next call.
+func (d *diskReader) check(err error) error {
+	if err == io.EOF && d.left > 0 {
+		return io.ErrUnexpectedEOF
+	} else if err == io.EOF {
+		return nil
+	}
+	return err
+}
+
+// end runs finish once, and returns io.EOF when it passed.
+func (d *diskReader) end() error {
+	if !d.done {
+		d.done, d.err = true, d.finish()
+		if d.err == nil {
+			d.err = io.EOF
+		}
+	}
+	return d.err
+}
+
+// hashed hands on r's bytes, each written to h before it is handed on.
+type hashed struct {
+	r fetch.Nexter
+	h hash.Hash
+}
+
+func (t hashed) Read(p []byte) (int, error) {
+	n, err := t.r.Read(p)
+	t.h.Write(p[:n])
 	return n, err
+}
+
+func (t hashed) Next(n int) ([]byte, error) {
+	b, err := t.r.Next(n)
+	t.h.Write(b)
+	return b, err
 }
 
 func (d *diskReader) Close() error { return d.close() }

@@ -82,13 +82,16 @@ func (d *Disk) ResumableReader(ctx context.Context, done int64, state []byte) (*
 // matches, ErrDigest when not.
 func (r *Resumable) Read(p []byte) (int, error) { return r.r.Read(p) }
 
+// Next is Read without a copy (fetch.Nexter).
+func (r *Resumable) Next(n int) ([]byte, error) { return r.r.Next(n) }
+
 // Position is the disk byte the next Read starts at: the bytes read so
 // far and those the reader started after.
 func (r *Resumable) Position() int64 { return r.end - r.r.left }
 
 // State is the sha256 state of the layer blob up to disk byte Position,
 // for ResumableReader to go on from there. It must not be called while a
-// Read runs.
+// Read or Next runs.
 func (r *Resumable) State() ([]byte, error) {
 	return hashstate.Save(r.h), nil
 }

@@ -13,17 +13,14 @@ import (
 	"time"
 
 	"github.com/diskimporter/diskimporter/importer/atomicfile"
+	"github.com/diskimporter/diskimporter/importer/fetch"
 
 	"github.com/diskimporter/diskimporter/importer/blob"
 )
 
 const (
-	// bufSize is the unit handed from the reading goroutine (which
-	// reassembles the pieces in order and hashes them) to the writing
-	// one.
+	// bufSize is the most bytes one write takes.
 	bufSize = 1 << 20
-	// buffers is how many of them are in flight.
-	buffers = 4
 	// zeroBlock is the unit of sparseness: an all-zero block of this
 	// size, aligned on it in the file, is not written.
 	zeroBlock = 4 << 10
@@ -67,138 +64,113 @@ type hashState interface {
 	Position() int64
 }
 
-// chunk is bytes of the disk on their way to the output.
-type chunk struct {
-	buf   []byte
-	off   int64
-	state []byte // the sha256 state after buf, at a checkpoint; nil otherwise
-}
-
 // pump reads the disk from r, whose first byte is disk byte from, and
 // writes it to o, until r ends (io.EOF after the digest check) or fails.
-// Reading (the reassembly of the pieces and the sha256, in r) runs on a
-// goroutine of its own, writing on the caller's. With hs (r itself) not
+// The bytes go from the buffers they were received in (fetch.Nexter) to
+// o, hashed on the way, without a copy between. With hs (r itself) not
 // nil, o gets a checkpoint every CheckpointInterval bytes, and one more
 // when the read fails for a reason other than the digest. It returns how
 // far the disk was written; cancel stops r when writing fails.
 func (e *exporter) pump(ctx context.Context, cancel context.CancelFunc, r io.Reader, hs hashState, from int64, o out) (int64, error) {
+	src := fetch.Borrow(r)
 	size, every := e.d.Size, e.s.CheckpointInterval
-	free := make(chan []byte, buffers)
-	for range buffers {
-		free <- make([]byte, bufSize)
-	}
-	full := make(chan chunk, buffers)
-	var readErr error
-	go func() {
-		defer close(full)
-		pos, next := from, from+every
-		for {
-			var buf []byte
-			select {
-			case buf = <-free:
-			case <-ctx.Done():
-				readErr = ctx.Err()
-				return
-			}
-			want := min(int64(len(buf)), size-pos)
-			if hs != nil {
-				want = min(want, next-pos) // a checkpoint ends a chunk
-			}
-			if want == 0 {
-				// The end of the disk: the read that checks the digest.
-				n, err := r.Read(buf[:1])
-				switch {
-				case n > 0:
-					readErr = fmt.Errorf("the disk goes on past its %d bytes", size)
-				case err == io.EOF:
-				case err == nil:
-					readErr = io.ErrNoProgress
-				default:
-					readErr = err
-				}
-				return
-			}
-			n, err := io.ReadFull(r, buf[:want])
-			if err == io.EOF {
-				err = io.ErrUnexpectedEOF
-			}
-			if n > 0 {
-				c := chunk{buf: buf[:n], off: pos}
-				pos += int64(n)
-				if hs != nil && pos == next && err == nil {
-					if c.state, err = hs.State(); err != nil {
-						err = fmt.Errorf("saving the sha256 state: %w", err)
-					}
-					next += every
-				}
-				full <- c // never blocks: a chunk holds one of the buffers
-			}
-			if err != nil {
-				readErr = err
-				return
-			}
-		}
-	}()
-
-	written, werr := from, error(nil)
+	pos, next := from, from+every
 	e.written.Store(from)
 	last, lastAt, began := time.Now(), from, time.Now()
-	for c := range full {
-		if werr == nil {
-			werr = o.write(c.buf, c.off)
-			if werr == nil && c.state != nil {
-				werr = o.checkpoint(c.off+int64(len(c.buf)), c.state)
-			}
-			if werr != nil {
-				cancel()
-			} else {
-				written = c.off + int64(len(c.buf))
-				e.written.Store(written)
-			}
+	var readErr, werr error
+	for readErr == nil && werr == nil {
+		if err := ctx.Err(); err != nil {
+			readErr = err
+			break
 		}
-		if werr == nil {
-			// Never blocks: it came from there. After a failed
-			// write the buffers are dropped: an abandoned write
-			// (streamOut) may still read one.
-			free <- c.buf[:cap(c.buf)]
+		want := min(bufSize, size-pos)
+		if hs != nil {
+			want = min(want, next-pos) // a checkpoint ends a write
 		}
+		if want == 0 {
+			readErr = checkEnd(src, size)
+			break
+		}
+		b, err := src.Next(int(want))
+		if err == io.EOF && pos+int64(len(b)) < size {
+			err = io.ErrUnexpectedEOF
+		}
+		if len(b) > 0 {
+			if werr = o.write(b, pos); werr != nil {
+				break
+			}
+			pos += int64(len(b))
+			if hs != nil && pos == next && err == nil {
+				werr = e.checkpoint(o, hs, pos)
+				next += every
+			}
+			e.written.Store(pos)
+		}
+		readErr = err
 		if now := time.Now(); now.Sub(last) >= e.s.ProgressInterval {
-			e.progress(written, float64(written-lastAt)/now.Sub(last).Seconds())
-			last, lastAt = now, written
+			e.progress(pos, float64(pos-lastAt)/now.Sub(last).Seconds())
+			last, lastAt = now, pos
 		}
+	}
+	if werr != nil {
+		cancel()
 	}
 	if err := o.flush(); werr == nil && err != nil {
 		werr = err
-		cancel()
 	}
 	if werr != nil {
-		return written, werr
+		return pos, werr
 	}
-	if readErr != nil {
-		if hs != nil && !errors.Is(readErr, blob.ErrDigest) && hs.Position() == written && written > from {
-			// Keep what was written for the next run.
-			state, err := hs.State()
-			if err == nil {
-				err = o.flush() // so that this checkpoint is not skipped
-			}
-			if err == nil {
-				err = o.checkpoint(written, state)
-			}
-			if err == nil {
-				err = o.flush()
-			}
-			if err != nil {
-				e.log.Warn("could not save the export's state", "error", err)
-			} else {
-				e.log.Info("export interrupted; a rerun goes on from here", "done", written, "size", size)
-			}
+	if readErr != nil && readErr != io.EOF {
+		if hs != nil && !errors.Is(readErr, blob.ErrDigest) && hs.Position() == pos && pos > from {
+			e.keep(o, hs, pos)
 		}
-		return written, sourceError(e.s.display, readErr)
+		return pos, sourceError(e.s.display, readErr)
 	}
 	if d := time.Since(began).Seconds(); d > 0 {
-		e.log.Debug("disk read and written", "bytes", written-from, "mb_per_second", float64(written-from)/d/1e6)
+		e.log.Debug("disk read and written", "bytes", pos-from, "mb_per_second", float64(pos-from)/d/1e6)
 	}
-	return written, nil
+	return pos, nil
+}
+
+// checkEnd reads past the disk's size bytes: the read that checks the
+// digest, io.EOF when it matches.
+func checkEnd(src fetch.Nexter, size int64) error {
+	b, err := src.Next(1)
+	switch {
+	case len(b) > 0:
+		return fmt.Errorf("the disk goes on past its %d bytes", size)
+	case err == nil:
+		return io.ErrNoProgress
+	}
+	return err
+}
+
+// checkpoint records in o that the disk is written up to pos, with the
+// blob's sha256 state there.
+func (e *exporter) checkpoint(o out, hs hashState, pos int64) error {
+	state, err := hs.State()
+	if err != nil {
+		return fmt.Errorf("saving the sha256 state: %w", err)
+	}
+	return o.checkpoint(pos, state)
+}
+
+// keep saves, after a failed read, where the disk is written up to, for
+// the next run.
+func (e *exporter) keep(o out, hs hashState, pos int64) {
+	err := o.flush() // so that this checkpoint is not skipped
+	if err == nil {
+		err = e.checkpoint(o, hs, pos)
+	}
+	if err == nil {
+		err = o.flush()
+	}
+	if err != nil {
+		e.log.Warn("could not save the export's state", "error", err)
+	} else {
+		e.log.Info("export interrupted; a rerun goes on from here", "done", pos, "size", e.d.Size)
+	}
 }
 
 func (e *exporter) progress(done int64, rate float64) {

@@ -26,8 +26,9 @@ type parallelReader struct {
 	wg    sync.WaitGroup
 	fatal atomic.Pointer[error]
 
-	cur *piece // being read by the consumer
-	off int    // consumer position in cur
+	cur   *piece // being read by the consumer
+	off   int    // consumer position in cur
+	spent []byte // the buffer of the piece last handed out whole, until the next call
 
 	mu      sync.Mutex
 	ready   sync.Cond
@@ -189,24 +190,38 @@ func (r *parallelReader) fetch(p *piece, body io.ReadCloser) {
 }
 
 func (r *parallelReader) Read(b []byte) (int, error) {
+	if len(b) == 0 {
+		return 0, nil
+	}
+	got, err := r.Next(len(b))
+	n := copy(b, got)
+	r.recycle() // got is copied: its piece's buffer may go now
+	return n, err
+}
+
+// Next hands out the next bytes in the buffer of their piece; a piece's
+// buffer goes back to the pool at the next call after its last byte was
+// handed out.
+func (r *parallelReader) Next(n int) ([]byte, error) {
+	r.recycle()
 	if r.cur == nil {
 		p, ok := <-r.order
 		if !ok {
 			r.endOnce.Do(func() { close(r.ended) })
 			if err := r.fatal.Load(); err != nil {
-				return 0, *err
+				return nil, *err
 			}
 			if err := r.ctx.Err(); err != nil {
-				return 0, err
+				return nil, err
 			}
-			return 0, io.EOF
+			return nil, io.EOF
 		}
 		r.cur, r.off = p, 0
 	}
 	p := r.cur
 	r.mu.Lock()
 	if p.filled == r.off && !p.done {
-		r.waiting, r.until = p, r.off+min(len(b), wakeBatch, len(p.buf)-r.off)
+		r.waiting, r.until = p, r.off+min(n, wakeBatch, len(p.buf)-r.off)
 		for p.filled < r.until && !p.done {
 			r.ready.Wait()
 		}
@@ -215,13 +230,12 @@ func (r *parallelReader) Read(b []byte) (int, error) {
 	filled, err := p.filled, p.err
 	r.mu.Unlock()
 	if filled > r.off {
-		n := copy(b, p.buf[r.off:filled])
-		r.off += n
+		b := p.buf[r.off:min(filled, r.off+n)]
+		r.off += len(b)
 		if r.off == len(p.buf) {
-			r.free <- p.buf // never blocks: it was taken from there
-			r.cur = nil
+			r.spent, r.cur = p.buf, nil
 		}
-		return n, nil
+		return b, nil
 	}
 	if fatal := r.fatal.Load(); fatal != nil {
 		err = *fatal
@@ -229,11 +243,21 @@ func (r *parallelReader) Read(b []byte) (int, error) {
 	if err == nil {
 		err = errors.New("piece ended without its bytes") // unreachable: fill returns an error
 	}
-	return 0, err
+	return nil, err
+}
+
+// recycle gives the buffer of the piece last handed out whole back to the
+// pool for a piece further on.
+func (r *parallelReader) recycle() {
+	if r.spent != nil {
+		r.free <- r.spent // never blocks: it was taken from there
+		r.spent = nil
+	}
 }
 
 // Close stops every request, waits for them to end and leaves the
-// buffers of the pieces for the next reader.
+// buffers of the pieces for the next reader; not the buffers of cur and
+// spent, whose bytes a writer that was given up on may still hold.
 func (r *parallelReader) Close() error {
 	r.cancel()
 	// Unblock a dispatcher waiting for a buffer: the pieces are dropped.
