@@ -401,6 +401,28 @@ func (c *sentCounter) Read(p []byte) (int, error) {
 	return n, err
 }
 
+// WriteTo hands on what r writes when it can (the layer writing its own
+// buffers), each byte counted as sent before it is handed on.
+func (c *sentCounter) WriteTo(w io.Writer) (int64, error) {
+	wt, ok := c.r.(io.WriterTo)
+	if !ok {
+		return io.Copy(w, struct{ io.Reader }{c})
+	}
+	return wt.WriteTo(sentWriter{w, c})
+}
+
+// sentWriter is the writer a sentCounter's reader writes to.
+type sentWriter struct {
+	w io.Writer
+	c *sentCounter
+}
+
+func (s sentWriter) Write(p []byte) (int, error) {
+	s.c.at += int64(len(p))
+	raise(s.c.sent, s.c.at)
+	return s.w.Write(p)
+}
+
 // raise sets v to n unless v holds more.
 func raise(v *atomic.Int64, n int64) {
 	for cur := v.Load(); n > cur; cur = v.Load() {

@@ -25,8 +25,28 @@ func (c countedConn) Write(p []byte) (int, error) {
 	return c.Conn.Write(p)
 }
 
+// selfWriter writes its bytes 1 MiB at a time, as the layer does, and
+// cannot be read.
+type selfWriter struct{ b []byte }
+
+func (s *selfWriter) Read([]byte) (int, error) { panic("a body that writes itself was read") }
+
+func (s *selfWriter) WriteTo(w io.Writer) (int64, error) {
+	var total int64
+	for len(s.b) > 0 {
+		n, err := w.Write(s.b[:min(1<<20, len(s.b))])
+		total += int64(n)
+		s.b = s.b[n:]
+		if err != nil {
+			return total, err
+		}
+	}
+	return total, nil
+}
+
 // TestRegistryWritesBatched: an upload through batchedTLSDial reaches the
-// server whole, in a few large socket writes rather than one a TLS record.
+// server whole, in a few large socket writes rather than one a TLS record;
+// a body that writes itself (the layer) is never read into a buffer.
 func TestRegistryWritesBatched(t *testing.T) {
 	t.Parallel()
 	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -35,37 +55,44 @@ func TestRegistryWritesBatched(t *testing.T) {
 		io.WriteString(w, hex.EncodeToString(h.Sum(nil)))
 	}))
 	defer srv.Close()
-	var writes atomic.Int64
-	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
-		c, err := (&net.Dialer{}).DialContext(ctx, network, addr)
-		if err != nil {
-			return nil, err
+	data := make([]byte, 8<<20)
+	rand.Read(data)
+	for name, body := range map[string]func() io.Reader{
+		"bytes.Reader":                  func() io.Reader { return bytes.NewReader(data) },
+		"a body that writes itself":     func() io.Reader { return &selfWriter{data} },
+		"a reader, in 1 MiB Reads only": func() io.Reader { return struct{ io.Reader }{bytes.NewReader(data)} },
+	} {
+		var writes atomic.Int64
+		dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
+			c, err := (&net.Dialer{}).DialContext(ctx, network, addr)
+			if err != nil {
+				return nil, err
+			}
+			return countedConn{c, &writes}, nil
 		}
-		return countedConn{c, &writes}, nil
-	}
-	tc := srv.Client().Transport.(*http.Transport).TLSClientConfig.Clone()
-	client := &http.Client{Transport: &http.Transport{DialTLSContext: batchedTLSDial(dial, tc), WriteBufferSize: 1 << 20}}
-	body := make([]byte, 8<<20)
-	rand.Read(body)
-	req, err := http.NewRequest(http.MethodPut, srv.URL, bytes.NewReader(body))
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp, err := client.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	got, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if want := sha256.Sum256(body); string(got) != hex.EncodeToString(want[:]) {
-		t.Fatalf("the server hashed %s, want %x", got, want)
-	}
-	// 512 records of 16 KiB; in 256 KiB writes, about 40 with the
-	// handshake and the headers.
-	if n := writes.Load(); n > 80 {
-		t.Errorf("%d socket writes for an 8 MiB body, want at most 80", n)
+		tc := srv.Client().Transport.(*http.Transport).TLSClientConfig.Clone()
+		client := &http.Client{Transport: &http.Transport{DialTLSContext: batchedTLSDial(dial, tc), WriteBufferSize: 1 << 20}}
+		req, err := http.NewRequest(http.MethodPut, srv.URL, body())
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.ContentLength = int64(len(data))
+		resp, err := client.Do(req)
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		got, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := sha256.Sum256(data); string(got) != hex.EncodeToString(want[:]) {
+			t.Fatalf("%s: the server hashed %s, want %x", name, got, want)
+		}
+		// 512 records of 16 KiB; in 256 KiB writes, about 40 with the
+		// handshake and the headers.
+		if n := writes.Load(); n > 80 {
+			t.Errorf("%s: %d socket writes for an 8 MiB body, want at most 80", name, n)
+		}
 	}
 }

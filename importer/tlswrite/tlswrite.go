@@ -12,6 +12,7 @@ package tlswrite
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"io"
 	"net"
 	"sync"
@@ -56,7 +57,18 @@ func (c *Conn) Write(p []byte) (int, error) {
 // ReadFrom writes what r reads, batchSize bytes at a time, until r ends:
 // net/http copies a request body to its connection with io.Copy, whose
 // 32 KiB reads would otherwise make each Write only two records long.
+//
+// net/http hands a request body of known length over as an
+// *io.LimitedReader; when what it limits writes itself (io.WriterTo, as
+// the layer does), its Writes come here as they are, without a copy
+// through the buffer, and the limit still holds: a byte past it fails the
+// copy with ErrPastLimit.
 func (c *Conn) ReadFrom(r io.Reader) (int64, error) {
+	if lr, ok := r.(*io.LimitedReader); ok {
+		if wt, ok := lr.R.(io.WriterTo); ok {
+			return wt.WriteTo(limited{c, lr})
+		}
+	}
 	if c.rbuf == nil {
 		c.rbuf = make([]byte, batchSize-16<<10)
 	}
@@ -78,6 +90,30 @@ func (c *Conn) ReadFrom(r io.Reader) (int64, error) {
 			return total, err
 		}
 	}
+}
+
+// ErrPastLimit: what ReadFrom copied went on past the limit of its
+// *io.LimitedReader.
+var ErrPastLimit = errors.New("tlswrite: the body goes on past its length")
+
+// limited writes to c what the reader lr limits would have read: at most
+// lr.N bytes, counted off lr.N.
+type limited struct {
+	c  *Conn
+	lr *io.LimitedReader
+}
+
+func (l limited) Write(p []byte) (int, error) {
+	past := int64(len(p)) > l.lr.N
+	if past {
+		p = p[:l.lr.N]
+	}
+	n, err := l.c.Write(p)
+	l.lr.N -= int64(n)
+	if err == nil && past {
+		err = ErrPastLimit
+	}
+	return n, err
 }
 
 // batcher is the connection under the TLS one. Between begin and end it

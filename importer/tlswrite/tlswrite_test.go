@@ -8,6 +8,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
+	"fmt"
 	"io"
 	mathrand "math/rand/v2"
 	"net"
@@ -97,6 +98,14 @@ func TestRecordsGoTogether(t *testing.T) {
 		}},
 		{"io.Copy of 4 KiB reads", func(w io.Writer, data []byte) error {
 			_, err := io.Copy(w, &smallReads{data})
+			return err
+		}},
+		{"a body of known length that writes itself", func(w io.Writer, data []byte) error {
+			lr := &io.LimitedReader{R: &selfWriter{data}, N: int64(len(data))}
+			_, err := io.Copy(w, lr)
+			if err == nil && lr.N != 0 {
+				err = fmt.Errorf("the limit was left at %d", lr.N)
+			}
 			return err
 		}},
 	} {
@@ -198,4 +207,46 @@ func (s *smallReads) Read(p []byte) (int, error) {
 	n := copy(p[:min(len(p), 4<<10)], s.b)
 	s.b = s.b[n:]
 	return n, nil
+}
+
+// selfWriter writes its bytes 1 MiB at a time, and cannot be read: what
+// reads it copies.
+type selfWriter struct{ b []byte }
+
+func (s *selfWriter) Read([]byte) (int, error) { panic("a body that writes itself was read") }
+
+func (s *selfWriter) WriteTo(w io.Writer) (int64, error) {
+	var total int64
+	for len(s.b) > 0 {
+		n, err := w.Write(s.b[:min(len(s.b), 1<<20)])
+		total += int64(n)
+		s.b = s.b[n:]
+		if err != nil {
+			return total, err
+		}
+	}
+	return total, nil
+}
+
+// TestLimitHolds: a body that writes itself past its *io.LimitedReader's
+// limit sends no byte past it, and the copy fails.
+func TestLimitHolds(t *testing.T) {
+	const limit = 3<<20 - 5
+	got := make(chan []byte, 1)
+	addr, cfg := server(t, func(c net.Conn) {
+		b, _ := io.ReadAll(c)
+		got <- b
+	})
+	c, _ := dial(t, addr, cfg)
+	data := make([]byte, 3<<20)
+	rand.Read(data)
+	lr := &io.LimitedReader{R: &selfWriter{data}, N: limit}
+	n, err := c.ReadFrom(lr)
+	if n != limit || !errors.Is(err, tlswrite.ErrPastLimit) || lr.N != 0 {
+		t.Errorf("copied %d bytes, %v, limit left %d; want %d, ErrPastLimit, 0", n, err, lr.N, limit)
+	}
+	c.Close()
+	if b := <-got; !bytes.Equal(b, data[:limit]) {
+		t.Errorf("the server got %d bytes, want the first %d", len(b), limit)
+	}
 }

@@ -165,7 +165,11 @@ func (s *Session) send(ctx context.Context, body io.Reader, from, length int64) 
 	}
 	end := from + length // one past the last byte sent
 	src := &bodyReader{r: body, left: length}
-	resp, err := s.do(ctx, http.MethodPatch, s.current(), src, length,
+	reqBody := io.Reader(src)
+	if wt, ok := body.(io.WriterTo); ok {
+		reqBody = writingBody{src, wt}
+	}
+	resp, err := s.do(ctx, http.MethodPatch, s.current(), reqBody, length,
 		"Content-Range", fmt.Sprintf("%d-%d", from, end-1), "Content-Type", "application/octet-stream")
 	if err != nil {
 		if serr := src.failure(); serr != nil {
@@ -287,6 +291,61 @@ func (b *bodyReader) Read(p []byte) (int, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.err = err
+	return n, err
+}
+
+// writingBody is the bodyReader of a body that writes itself
+// (io.WriterTo, as the layer does): the connection is handed its buffers
+// instead of reading them into one of its own.
+type writingBody struct {
+	*bodyReader
+	wt io.WriterTo
+}
+
+// WriteTo hands on the first left bytes the body writes, a failure of the
+// body kept for failure and one of w not.
+func (b writingBody) WriteTo(w io.Writer) (int64, error) {
+	lw := &limitedWriter{w: w, left: b.left}
+	n, err := b.wt.WriteTo(lw)
+	b.left = lw.left
+	switch {
+	case err == errEnough || (err == nil && b.left == 0):
+		return n, nil
+	case err == nil:
+		err = fmt.Errorf("reading the layer: %w, %d bytes short", errShort, b.left)
+	case err == lw.err:
+		return n, err
+	default:
+		err = fmt.Errorf("reading the layer: %w", err)
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.err = err
+	return n, err
+}
+
+// limitedWriter passes the first left bytes written to it on to w, stops
+// the writer with errEnough when it goes past them, and keeps w's error.
+type limitedWriter struct {
+	w    io.Writer
+	left int64
+	err  error
+}
+
+// errEnough stops a body that writes itself once it wrote what is sent.
+var errEnough = errors.New("the bytes being sent are all written")
+
+func (l *limitedWriter) Write(p []byte) (int, error) {
+	enough := int64(len(p)) > l.left
+	if enough {
+		p = p[:l.left]
+	}
+	n, err := l.w.Write(p)
+	l.left -= int64(n)
+	l.err = err
+	if err == nil && enough {
+		err = errEnough
+	}
 	return n, err
 }
 
