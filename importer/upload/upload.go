@@ -278,20 +278,27 @@ func (b *bodyReader) Read(p []byte) (int, error) {
 	}
 	n, err := b.r.Read(p)
 	b.left -= int64(n)
+	if err != nil {
+		err = b.ended(err)
+	}
+	return n, err
+}
+
+// ended turns the error that ended r, io.EOF included, into the body's:
+// io.EOF when every byte came, else a failure kept for failure.
+func (b *bodyReader) ended(err error) error {
 	switch {
-	case err == io.EOF && b.left > 0:
-		err = fmt.Errorf("reading the layer: %w, %d bytes short", errShort, b.left)
+	case err == io.EOF && b.left == 0:
+		return io.EOF
 	case err == io.EOF:
-		return n, io.EOF
-	case err != nil:
-		err = fmt.Errorf("reading the layer: %w", err)
+		err = fmt.Errorf("reading the layer: %w, %d bytes short", errShort, b.left)
 	default:
-		return n, nil
+		err = fmt.Errorf("reading the layer: %w", err)
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.err = err
-	return n, err
+	return err
 }
 
 // writingBody is the bodyReader of a body that writes itself
@@ -309,18 +316,16 @@ func (b writingBody) WriteTo(w io.Writer) (int64, error) {
 	n, err := b.wt.WriteTo(lw)
 	b.left = lw.left
 	switch {
-	case err == errEnough || (err == nil && b.left == 0):
+	case err == errEnough:
 		return n, nil
+	case err != nil && err == lw.err:
+		return n, err // the connection's
 	case err == nil:
-		err = fmt.Errorf("reading the layer: %w, %d bytes short", errShort, b.left)
-	case err == lw.err:
-		return n, err
-	default:
-		err = fmt.Errorf("reading the layer: %w", err)
+		err = io.EOF
 	}
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	b.err = err
+	if err = b.ended(err); err == io.EOF {
+		err = nil
+	}
 	return n, err
 }
 
