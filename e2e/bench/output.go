@@ -109,6 +109,7 @@ var ratios = []ratioSpec{
 	{"pull-export-fast-8", []string{"pull-crane"}, rateCol, "≥ 1 at 1core"},
 	{"pull-export-fast-8", []string{"pull-oras"}, rateCol, "≥ 1 at 1core"},
 	{"pull-export-8", []string{"pull-export-1"}, rateCol, "≥ 6 at 1core"},
+	{"pull-export-fast-8", []string{"pull-curl-fast-sync"}, rateCol, ""},
 	{"pull-export-1", []string{"pull-curl"}, rateCol, ""},
 	{"pull-export-fast-1", []string{"pull-crane"}, cpuCol, ""},
 	{"pull-export-fast-8", []string{"pull-crane"}, cpuCol, ""},

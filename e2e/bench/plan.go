@@ -35,7 +35,7 @@ var (
 	// the store it reads, which flatters it.
 	pullPlanRows = []string{
 		"pull-curl", "pull-export-1", "pull-export-4", "pull-export-8", "pull-export-16",
-		"pull-export-fast-1", "pull-export-fast-8", "pull-curl-fast", "pull-crane", "pull-oras",
+		"pull-export-fast-1", "pull-export-fast-8", "pull-curl-fast", "pull-curl-fast-sync", "pull-crane", "pull-oras",
 		"pull-export-direct",
 	}
 	// limitedRows are the rows the default plan runs under each

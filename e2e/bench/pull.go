@@ -35,17 +35,18 @@ var pullRate float64
 // pull-export-direct reads the filesystem registry, which serves the blob
 // itself.
 var pullRows = map[string]string{
-	"pull-export-1":      throttledStore,
-	"pull-export-4":      throttledStore,
-	"pull-export-8":      throttledStore,
-	"pull-export-16":     throttledStore,
-	"pull-curl":          throttledStore,
-	"pull-export-fast-1": fastStore,
-	"pull-export-fast-8": fastStore,
-	"pull-curl-fast":     fastStore,
-	"pull-crane":         fastStore,
-	"pull-oras":          fastStore,
-	"pull-export-direct": directStore,
+	"pull-export-1":       throttledStore,
+	"pull-export-4":       throttledStore,
+	"pull-export-8":       throttledStore,
+	"pull-export-16":      throttledStore,
+	"pull-curl":           throttledStore,
+	"pull-export-fast-1":  fastStore,
+	"pull-export-fast-8":  fastStore,
+	"pull-curl-fast":      fastStore,
+	"pull-curl-fast-sync": fastStore,
+	"pull-crane":          fastStore,
+	"pull-oras":           fastStore,
+	"pull-export-direct":  directStore,
 }
 
 // The stores the pull rows read from.
@@ -162,6 +163,13 @@ func (s *setup) pullClient(ctx context.Context, row, limit string) (*client, err
 		}
 		return s.blobClient(p, out, "curl of the presigned URL, one stream; the whole blob",
 			"curl", "-sSf", "--cacert", p.reg.CAFile, "-o", out, url), nil
+	case "pull-curl-fast-sync":
+		url, err := presignedURL(ctx, p)
+		if err != nil {
+			return nil, err
+		}
+		return s.blobClient(p, out, "pull-curl-fast, then sync FILE (an fsync, as export makes its output durable)",
+			"bash", "-c", `curl -sSf --cacert "$0" -o "$1" "$2" && sync "$1"`, p.reg.CAFile, out, url), nil
 	case "pull-crane":
 		bin, err := registry.Tool(ctx, "crane", craneModule, craneVersion)
 		if err != nil {
