@@ -6,6 +6,7 @@ import (
 	"hash"
 	"io"
 	"log/slog"
+	"strings"
 	"testing"
 	"unsafe"
 
@@ -21,6 +22,8 @@ type lender struct {
 	pos  int
 	step int
 	h    hash.Hash
+	// eofWithLast: io.EOF comes with the last bytes, not after them.
+	eofWithLast bool
 }
 
 func (l *lender) Read(p []byte) (int, error) { panic("pump read with a copy") }
@@ -32,6 +35,9 @@ func (l *lender) Next(n int) ([]byte, error) {
 	b := l.data[l.pos:min(len(l.data), l.pos+n, l.pos+l.step)]
 	l.pos += len(b)
 	l.h.Write(b)
+	if l.eofWithLast && l.pos == len(l.data) {
+		return b, io.EOF
+	}
 	return b, nil
 }
 
@@ -49,6 +55,44 @@ func (r *recorder) checkpoint(done int64, state []byte) error {
 	return nil
 }
 func (r *recorder) flush() error { return nil }
+
+// TestPumpEnds: the disk ends where its size says, with io.EOF after
+// its last bytes or with them; a reader that ends sooner or goes on past
+// it fails the export.
+func TestPumpEnds(t *testing.T) {
+	const size = 3<<20 + 7
+	for _, tt := range []struct {
+		name        string
+		length      int
+		eofWithLast bool
+		wantErr     string // "": none
+	}{
+		{"io.EOF after the last bytes", size, false, ""},
+		{"io.EOF with the last bytes", size, true, ""},
+		{"ends short", size - 10, false, "unexpected EOF"},
+		{"ends short, io.EOF with its last bytes", size - 10, true, "unexpected EOF"},
+		{"goes on past its size", size + 1, false, "goes on past"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			l := &lender{data: make([]byte, tt.length), step: 1 << 20, h: sha256.New(), eofWithLast: tt.eofWithLast}
+			e := &exporter{s: &settings{Options: Options{CheckpointInterval: 1 << 20, ProgressInterval: 1 << 62}},
+				d: &blob.Disk{Size: size}, res: &Result{}, log: slog.New(slog.DiscardHandler)}
+			o := &recorder{}
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			n, err := e.pump(ctx, cancel, l, nil, 0, o)
+			if want := int64(min(tt.length, size)); n != want {
+				t.Errorf("wrote %d bytes, want %d", n, want)
+			}
+			switch {
+			case tt.wantErr == "" && err != nil:
+				t.Errorf("pump: %v", err)
+			case tt.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tt.wantErr)):
+				t.Errorf("pump: %v, want an error saying %q", err, tt.wantErr)
+			}
+		})
+	}
+}
 
 // TestPumpWritesWhatItIsLent: the disk's bytes go to the output as the
 // slices the reader lent, never copied into buffers of the pump's, and a
