@@ -1,7 +1,6 @@
 package blob_test
 
 import (
-	"archive/tar"
 	"bytes"
 	"context"
 	"errors"
@@ -24,11 +23,11 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/static"
 	"github.com/google/go-containerregistry/pkg/v1/types"
-	"github.com/klauspost/compress/gzip"
 	"github.com/klauspost/compress/zstd"
 
 	"github.com/diskimporter/diskimporter/importer/blob"
 	"github.com/diskimporter/diskimporter/importer/fetch"
+	"github.com/diskimporter/diskimporter/importer/imagetest"
 	"github.com/diskimporter/diskimporter/layer"
 )
 
@@ -54,7 +53,7 @@ func newTestRegistry(t *testing.T, redirect bool) *testRegistry {
 	reg := registry.New(registry.Logger(log.New(io.Discard, "", 0)))
 	damaging := func(w http.ResponseWriter, req *http.Request) {
 		if r.damage.Load() && !strings.HasPrefix(req.Header.Get("Range"), "bytes=0-") && req.Header.Get("Range") != "" {
-			w = &flipWriter{ResponseWriter: w}
+			w = &imagetest.FlipWriter{ResponseWriter: w}
 		}
 		reg.ServeHTTP(w, req)
 	}
@@ -84,21 +83,6 @@ func newTestRegistry(t *testing.T, redirect bool) *testRegistry {
 	t.Cleanup(r.srv.Close)
 	r.host = strings.TrimPrefix(r.srv.URL, "https://")
 	return r
-}
-
-// flipWriter flips the first byte of the body.
-type flipWriter struct {
-	http.ResponseWriter
-	flipped bool
-}
-
-func (f *flipWriter) Write(p []byte) (int, error) {
-	if !f.flipped && len(p) > 0 {
-		f.flipped = true
-		p = bytes.Clone(p)
-		p[0] ^= 0xff
-	}
-	return f.ResponseWriter.Write(p)
 }
 
 // transport trusts both test servers.
@@ -162,48 +146,9 @@ func diskimporterLayer(t *testing.T, disk []byte) v1.Layer {
 	return static.NewLayer(b, types.OCIUncompressedLayer)
 }
 
-// tarOf is a tar of the entries, name and content pairs; a name ending
-// in / is a directory.
-func tarOf(t *testing.T, entries ...string) []byte {
-	t.Helper()
-	var buf bytes.Buffer
-	tw := tar.NewWriter(&buf)
-	for i := 0; i < len(entries); i += 2 {
-		h := &tar.Header{Name: entries[i], Mode: 0o644, Size: int64(len(entries[i+1])), Typeflag: tar.TypeReg}
-		if strings.HasSuffix(entries[i], "/") {
-			h.Typeflag, h.Mode, h.Size = tar.TypeDir, 0o755, 0
-		}
-		if err := tw.WriteHeader(h); err != nil {
-			t.Fatal(err)
-		}
-		tw.Write([]byte(entries[i+1]))
-	}
-	tw.Close()
-	return buf.Bytes()
-}
-
-func gzipOf(b []byte) []byte {
-	var buf bytes.Buffer
-	zw := gzip.NewWriter(&buf)
-	zw.Write(b)
-	zw.Close()
-	return buf.Bytes()
-}
-
 func zstdOf(b []byte) []byte {
 	enc, _ := zstd.NewWriter(nil)
 	return enc.EncodeAll(b, nil)
-}
-
-func imageOf(t *testing.T, layers ...v1.Layer) v1.Image {
-	t.Helper()
-	img := mutate.MediaType(empty.Image, types.OCIManifestSchema1)
-	img = mutate.ConfigMediaType(img, types.OCIConfigJSON)
-	img, err := mutate.AppendLayers(img, layers...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return img
 }
 
 func TestOpenAndRead(t *testing.T) {
@@ -224,24 +169,24 @@ func TestOpenAndRead(t *testing.T) {
 			layers: func(t *testing.T) []v1.Layer { return []v1.Layer{diskimporterLayer(t, disk)} }},
 		{name: "uncompressed, ./disk/ after another file", path: "disk/root.qcow2",
 			layers: func(t *testing.T) []v1.Layer {
-				return []v1.Layer{static.NewLayer(tarOf(t, "./notes.txt", other, "./disk/", "", "./disk/root.qcow2", string(disk)), types.DockerUncompressedLayer)}
+				return []v1.Layer{static.NewLayer(imagetest.Tar(t, "./notes.txt", other, "./disk/", "", "./disk/root.qcow2", string(disk)), types.DockerUncompressedLayer)}
 			}},
 		{name: "gzip, the last layer's disk wins", path: "disk/new.img", compressed: true,
 			layers: func(t *testing.T) []v1.Layer {
 				return []v1.Layer{
-					static.NewLayer(gzipOf(tarOf(t, "disk/old.img", string(older))), types.OCILayer),
-					static.NewLayer(gzipOf(tarOf(t, "disk/", "", "disk/new.img", string(disk), "trailer.txt", other)), types.OCILayer),
+					static.NewLayer(imagetest.Gzip(imagetest.Tar(t, "disk/old.img", string(older))), types.OCILayer),
+					static.NewLayer(imagetest.Gzip(imagetest.Tar(t, "disk/", "", "disk/new.img", string(disk), "trailer.txt", other)), types.OCILayer),
 				}
 			}},
 		{name: "zstd through a redirect", path: "disk/disk.raw", compressed: true, redirect: true,
 			layers: func(t *testing.T) []v1.Layer {
-				return []v1.Layer{static.NewLayer(zstdOf(tarOf(t, "disk/disk.raw", string(disk))), types.OCILayerZStd)}
+				return []v1.Layer{static.NewLayer(zstdOf(imagetest.Tar(t, "disk/disk.raw", string(disk))), types.OCILayerZStd)}
 			}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			reg := newTestRegistry(t, tc.redirect)
-			ref := reg.push(t, "disks/x", imageOf(t, tc.layers(t)...))
+			ref := reg.push(t, "disks/x", imagetest.Image(t, tc.layers(t)...))
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()
 			d, err := blob.Open(ctx, ref, reg.options())
@@ -289,14 +234,14 @@ func TestBadImages(t *testing.T) {
 
 	t.Run("no disk", func(t *testing.T) {
 		reg := newTestRegistry(t, false)
-		ref := reg.push(t, "x/nodisk", imageOf(t, static.NewLayer(tarOf(t, "etc/hosts", "x", "disk/", ""), types.OCIUncompressedLayer)))
+		ref := reg.push(t, "x/nodisk", imagetest.Image(t, static.NewLayer(imagetest.Tar(t, "etc/hosts", "x", "disk/", ""), types.OCIUncompressedLayer)))
 		if _, err := blob.Open(ctx, ref, reg.options()); !errors.Is(err, blob.ErrNoDisk) {
 			t.Errorf("Open: %v, want ErrNoDisk", err)
 		}
 	})
 	t.Run("index without the platform", func(t *testing.T) {
 		reg := newTestRegistry(t, false)
-		img := imageOf(t, diskimporterLayer(t, disk))
+		img := imagetest.Image(t, diskimporterLayer(t, disk))
 		idx := mutate.AppendManifests(empty.Index,
 			mutate.IndexAddendum{Add: img, Descriptor: v1.Descriptor{Platform: &v1.Platform{OS: "linux", Architecture: "arm64"}}},
 			mutate.IndexAddendum{Add: img, Descriptor: v1.Descriptor{Platform: &v1.Platform{OS: "linux", Architecture: "s390x"}}})
@@ -316,7 +261,7 @@ func TestBadImages(t *testing.T) {
 	})
 	t.Run("blob that does not match its digest", func(t *testing.T) {
 		reg := newTestRegistry(t, false)
-		ref := reg.push(t, "x/damaged", imageOf(t, diskimporterLayer(t, disk)))
+		ref := reg.push(t, "x/damaged", imagetest.Image(t, diskimporterLayer(t, disk)))
 		d, err := blob.Open(ctx, ref, reg.options())
 		if err != nil {
 			t.Fatal(err)
@@ -333,7 +278,7 @@ func TestBadImages(t *testing.T) {
 	})
 	t.Run("wrong credentials", func(t *testing.T) {
 		reg := newTestRegistry(t, false)
-		ref := reg.push(t, "x/auth", imageOf(t, diskimporterLayer(t, disk)))
+		ref := reg.push(t, "x/auth", imagetest.Image(t, diskimporterLayer(t, disk)))
 		o := reg.options()
 		o.Keychain = authn.NewMultiKeychain()
 		if _, err := blob.Open(ctx, ref, o); err == nil || !strings.Contains(err.Error(), "401") {

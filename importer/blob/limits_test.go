@@ -26,6 +26,7 @@ import (
 
 	"github.com/diskimporter/diskimporter/importer/blob"
 	"github.com/diskimporter/diskimporter/importer/fetch"
+	"github.com/diskimporter/diskimporter/importer/imagetest"
 )
 
 // rawImage is an image manifest given as bytes, for remote.Put.
@@ -60,7 +61,7 @@ func lyingSize(t *testing.T, reg *testRegistry, img v1.Image, delta int64) name.
 func TestCorruptLayers(t *testing.T) {
 	t.Parallel()
 	disk := randomDisk(200 << 10)
-	diskTar := string(tarOf(t, "disk/disk.img", string(disk)))
+	diskTar := string(imagetest.Tar(t, "disk/disk.img", string(disk)))
 	longPAX := string(paxHeader("disk/disk.img", "comment", strings.Repeat("x", 1<<20+1))) + diskTar
 	// A PAX 0.1 sparse disk whose map holds more data than its entry.
 	missing := string(paxHeader("disk/disk.img", "GNU.sparse.size", "102400", "GNU.sparse.numblocks", "2", "GNU.sparse.map", "0,10240,51200,10240")) +
@@ -72,25 +73,25 @@ func TestCorruptLayers(t *testing.T) {
 		also   error
 	}{
 		{name: "PAX record over 1 MiB, uncompressed", also: tar.ErrFieldTooLong, image: func(t *testing.T, reg *testRegistry) name.Reference {
-			return reg.push(t, "x/pax", imageOf(t, static.NewLayer([]byte(longPAX), types.OCIUncompressedLayer)))
+			return reg.push(t, "x/pax", imagetest.Image(t, static.NewLayer([]byte(longPAX), types.OCIUncompressedLayer)))
 		}},
 		{name: "PAX record over 1 MiB, gzip", also: tar.ErrFieldTooLong, image: func(t *testing.T, reg *testRegistry) name.Reference {
-			return reg.push(t, "x/pax", imageOf(t, static.NewLayer(gzipOf([]byte(longPAX)), types.OCILayer)))
+			return reg.push(t, "x/pax", imagetest.Image(t, static.NewLayer(imagetest.Gzip([]byte(longPAX)), types.OCILayer)))
 		}},
 		{name: "layer larger than its descriptor", also: blob.ErrDigest, image: func(t *testing.T, reg *testRegistry) name.Reference {
-			return lyingSize(t, reg, imageOf(t, diskimporterLayer(t, disk)), -1)
+			return lyingSize(t, reg, imagetest.Image(t, diskimporterLayer(t, disk)), -1)
 		}},
 		{name: "layer smaller than its descriptor", also: blob.ErrDigest, image: func(t *testing.T, reg *testRegistry) name.Reference {
-			return lyingSize(t, reg, imageOf(t, diskimporterLayer(t, disk)), +1)
+			return lyingSize(t, reg, imagetest.Image(t, diskimporterLayer(t, disk)), +1)
 		}},
 		{name: "sparse map past the entry's data, uncompressed", image: func(t *testing.T, reg *testRegistry) name.Reference {
-			return reg.push(t, "x/sparse", imageOf(t, static.NewLayer([]byte(missing), types.OCIUncompressedLayer)))
+			return reg.push(t, "x/sparse", imagetest.Image(t, static.NewLayer([]byte(missing), types.OCIUncompressedLayer)))
 		}},
 		{name: "sparse map past the entry's data, gzip", atRead: true, image: func(t *testing.T, reg *testRegistry) name.Reference {
-			return reg.push(t, "x/sparse", imageOf(t, static.NewLayer(gzipOf([]byte(missing)), types.OCILayer)))
+			return reg.push(t, "x/sparse", imagetest.Image(t, static.NewLayer(imagetest.Gzip([]byte(missing)), types.OCILayer)))
 		}},
 		{name: "tar cut in the disk, gzip", atRead: true, also: io.ErrUnexpectedEOF, image: func(t *testing.T, reg *testRegistry) name.Reference {
-			return reg.push(t, "x/cut", imageOf(t, static.NewLayer(gzipOf([]byte(diskTar[:100<<10])), types.OCILayer)))
+			return reg.push(t, "x/cut", imagetest.Image(t, static.NewLayer(imagetest.Gzip([]byte(diskTar[:100<<10])), types.OCILayer)))
 		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -12,6 +12,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
 	"github.com/diskimporter/diskimporter/importer/blob"
+	"github.com/diskimporter/diskimporter/importer/imagetest"
 )
 
 // readPart reads n bytes of r (all of it when n < 0) and returns them with
@@ -37,7 +38,7 @@ func TestResumableReader(t *testing.T) {
 	t.Parallel()
 	disk := randomDisk(900<<10 + 17)
 	reg := newTestRegistry(t, true)
-	ref := reg.push(t, "disks/resume", imageOf(t, diskimporterLayer(t, disk)))
+	ref := reg.push(t, "disks/resume", imagetest.Image(t, diskimporterLayer(t, disk)))
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	d, err := blob.Open(ctx, ref, reg.options())
@@ -104,7 +105,7 @@ func TestResumableReader(t *testing.T) {
 
 	t.Run("damaged after a resume", func(t *testing.T) {
 		reg := newTestRegistry(t, false)
-		ref := reg.push(t, "disks/damaged", imageOf(t, diskimporterLayer(t, disk)))
+		ref := reg.push(t, "disks/damaged", imagetest.Image(t, diskimporterLayer(t, disk)))
 		d, err := blob.Open(ctx, ref, reg.options())
 		if err != nil {
 			t.Fatal(err)
@@ -131,7 +132,7 @@ func TestResumableReader(t *testing.T) {
 
 	t.Run("compressed", func(t *testing.T) {
 		reg := newTestRegistry(t, false)
-		ref := reg.push(t, "disks/gz", imageOf(t, static.NewLayer(gzipOf(tarOf(t, "disk/disk.img", string(disk[:5000]))), types.OCILayer)))
+		ref := reg.push(t, "disks/gz", imagetest.Image(t, static.NewLayer(imagetest.Gzip(imagetest.Tar(t, "disk/disk.img", string(disk[:5000]))), types.OCILayer)))
 		d, err := blob.Open(ctx, ref, reg.options())
 		if err != nil {
 			t.Fatal(err)

@@ -19,6 +19,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
 	"github.com/diskimporter/diskimporter/importer/blob"
+	"github.com/diskimporter/diskimporter/importer/imagetest"
 )
 
 // The GNU sparse formats a sparse test tar is written in.
@@ -219,11 +220,11 @@ func TestSparseDisk(t *testing.T) {
 				case "uncompressed":
 					l = static.NewLayer(layer, types.OCIUncompressedLayer)
 				case "gzip":
-					l = static.NewLayer(gzipOf(layer), types.OCILayer)
+					l = static.NewLayer(imagetest.Gzip(layer), types.OCILayer)
 				case "zstd":
 					l = static.NewLayer(zstdOf(layer), types.OCILayerZStd)
 				}
-				checkSparse(t, imageOf(t, l), want, kind == "uncompressed")
+				checkSparse(t, imagetest.Image(t, l), want, kind == "uncompressed")
 			})
 		}
 	}
@@ -350,7 +351,7 @@ func TestSparseDiskFromGNUTar(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			checkSparse(t, imageOf(t, static.NewLayer(layer, types.OCIUncompressedLayer)), want, true)
+			checkSparse(t, imagetest.Image(t, static.NewLayer(layer, types.OCIUncompressedLayer)), want, true)
 		})
 	}
 }

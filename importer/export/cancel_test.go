@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/diskimporter/diskimporter/importer/export"
+	"github.com/diskimporter/diskimporter/importer/imagetest"
 	"github.com/diskimporter/diskimporter/importer/reason"
 )
 
@@ -137,7 +138,7 @@ func TestCancelWrite(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			reg := newTestRegistry(t, false)
-			src := reg.push(t, "disks/cancel", imageOf(t, diskimporterLayer(t, disk)))
+			src := reg.push(t, "disks/cancel", imagetest.Image(t, diskimporterLayer(t, disk)))
 			o := reg.options(t, src, "")
 			stuck := tc.setup(t, &o)
 			ctx, cancel := context.WithCancel(testContext(t))
@@ -173,7 +174,7 @@ func TestFIFO(t *testing.T) {
 	t.Parallel()
 	disk := mixedDisk(3<<20 + 7)
 	reg := newTestRegistry(t, false)
-	src := reg.push(t, "disks/fifo", imageOf(t, diskimporterLayer(t, disk)))
+	src := reg.push(t, "disks/fifo", imagetest.Image(t, diskimporterLayer(t, disk)))
 	p := mkfifo(t)
 	got := make(chan []byte, 1)
 	go func() {

@@ -1,7 +1,6 @@
 package export_test
 
 import (
-	"archive/tar"
 	"bytes"
 	"context"
 	"crypto/sha256"
@@ -25,15 +24,13 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/authn"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/google/go-containerregistry/pkg/v1/empty"
-	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/static"
 	"github.com/google/go-containerregistry/pkg/v1/types"
-	"github.com/klauspost/compress/gzip"
 
 	"github.com/diskimporter/diskimporter/importer"
 	"github.com/diskimporter/diskimporter/importer/blob"
 	"github.com/diskimporter/diskimporter/importer/export"
+	"github.com/diskimporter/diskimporter/importer/imagetest"
 	"github.com/diskimporter/diskimporter/importer/reason"
 	"github.com/diskimporter/diskimporter/layer"
 )
@@ -135,7 +132,7 @@ func (r *testRegistry) serveBlob(w http.ResponseWriter, req *http.Request) {
 	cw := &countingWriter{ResponseWriter: w, r: r}
 	w = cw
 	if r.damage.Load() && !strings.HasPrefix(req.Header.Get("Range"), "bytes=0-") && req.Header.Get("Range") != "" {
-		w = &flipWriter{ResponseWriter: cw}
+		w = &imagetest.FlipWriter{ResponseWriter: cw}
 	}
 	w.Header().Set("Docker-Content-Digest", m[2])
 	http.ServeContent(w, req, "", time.Time{}, bytes.NewReader(b))
@@ -153,21 +150,6 @@ func (c *countingWriter) Write(p []byte) (int, error) {
 		(*f)(total)
 	}
 	return n, err
-}
-
-// flipWriter flips the first byte of the body.
-type flipWriter struct {
-	http.ResponseWriter
-	flipped bool
-}
-
-func (f *flipWriter) Write(p []byte) (int, error) {
-	if !f.flipped && len(p) > 0 {
-		f.flipped = true
-		p = bytes.Clone(p)
-		p[0] ^= 0xff
-	}
-	return f.ResponseWriter.Write(p)
 }
 
 // transport trusts both test servers.
@@ -347,45 +329,6 @@ func staticLayer(t *testing.T, b []byte, mt types.MediaType) v1.Layer {
 	return l
 }
 
-// tarOf is a tar of the entries, name and content pairs; a name ending
-// in / is a directory.
-func tarOf(t *testing.T, entries ...string) []byte {
-	t.Helper()
-	var buf bytes.Buffer
-	tw := tar.NewWriter(&buf)
-	for i := 0; i < len(entries); i += 2 {
-		h := &tar.Header{Name: entries[i], Mode: 0o644, Size: int64(len(entries[i+1])), Typeflag: tar.TypeReg}
-		if strings.HasSuffix(entries[i], "/") {
-			h.Typeflag, h.Mode, h.Size = tar.TypeDir, 0o755, 0
-		}
-		if err := tw.WriteHeader(h); err != nil {
-			t.Fatal(err)
-		}
-		tw.Write([]byte(entries[i+1]))
-	}
-	tw.Close()
-	return buf.Bytes()
-}
-
-func gzipOf(b []byte) []byte {
-	var buf bytes.Buffer
-	zw := gzip.NewWriter(&buf)
-	zw.Write(b)
-	zw.Close()
-	return buf.Bytes()
-}
-
-func imageOf(t *testing.T, layers ...v1.Layer) v1.Image {
-	t.Helper()
-	img := mutate.MediaType(empty.Image, types.OCIManifestSchema1)
-	img = mutate.ConfigMediaType(img, types.OCIConfigJSON)
-	img, err := mutate.AppendLayers(img, layers...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return img
-}
-
 func testContext(t *testing.T) context.Context {
 	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 	t.Cleanup(cancel)
@@ -460,13 +403,13 @@ func TestExport(t *testing.T) {
 			layer: func(t *testing.T) v1.Layer { return diskimporterLayer(t, disk) }},
 		{name: "gzip layer", path: "disk/root.raw",
 			layer: func(t *testing.T) v1.Layer {
-				return staticLayer(t, gzipOf(tarOf(t, "disk/", "", "disk/root.raw", string(disk))), types.OCILayer)
+				return staticLayer(t, imagetest.Gzip(imagetest.Tar(t, "disk/", "", "disk/root.raw", string(disk))), types.OCILayer)
 			}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			reg := newTestRegistry(t, tc.redirect)
-			src := reg.push(t, "disks/x", imageOf(t, tc.layer(t)))
+			src := reg.push(t, "disks/x", imagetest.Image(t, tc.layer(t)))
 			out := filepath.Join(t.TempDir(), "disk.img")
 			res, err := export.Export(testContext(t), reg.options(t, src, out))
 			if err != nil {
@@ -485,7 +428,7 @@ func TestExport(t *testing.T) {
 	t.Run("stdout", func(t *testing.T) {
 		t.Parallel()
 		reg := newTestRegistry(t, true)
-		src := reg.push(t, "disks/stdout", imageOf(t, diskimporterLayer(t, disk)))
+		src := reg.push(t, "disks/stdout", imagetest.Image(t, diskimporterLayer(t, disk)))
 		var buf bytes.Buffer
 		o := reg.options(t, src, export.Stdout)
 		o.Stdout = &buf
@@ -507,7 +450,7 @@ func TestExport(t *testing.T) {
 			t.Skip(err)
 		}
 		reg := newTestRegistry(t, false)
-		src := reg.push(t, "disks/devnull", imageOf(t, diskimporterLayer(t, disk)))
+		src := reg.push(t, "disks/devnull", imagetest.Image(t, diskimporterLayer(t, disk)))
 		res, err := export.Export(testContext(t), reg.options(t, src, os.DevNull))
 		if err != nil {
 			t.Fatal(err)
@@ -533,7 +476,7 @@ func TestSparse(t *testing.T) {
 			t.Parallel()
 			disk := sparseDisk(tc.size)
 			reg := newTestRegistry(t, false)
-			src := reg.push(t, "disks/sparse", imageOf(t, diskimporterLayer(t, disk)))
+			src := reg.push(t, "disks/sparse", imagetest.Image(t, diskimporterLayer(t, disk)))
 			out := filepath.Join(t.TempDir(), "disk.img")
 			o := reg.options(t, src, out)
 			o.Dense = tc.dense
@@ -570,7 +513,7 @@ func TestResume(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			reg := newTestRegistry(t, true)
-			src := reg.push(t, "disks/resume", imageOf(t, diskimporterLayer(t, disk)))
+			src := reg.push(t, "disks/resume", imagetest.Image(t, diskimporterLayer(t, disk)))
 			out := filepath.Join(t.TempDir(), "disk.img")
 			o := reg.options(t, src, out)
 			o.Dense = tc.dense
@@ -643,8 +586,8 @@ func TestResumeStartsOver(t *testing.T) {
 	disk := mixedDisk(2<<20 + 99)
 	other := mixedDisk(1<<20 + 5)
 	reg := newTestRegistry(t, false)
-	src := reg.push(t, "disks/a", imageOf(t, diskimporterLayer(t, disk)))
-	srcOther := reg.push(t, "disks/b", imageOf(t, diskimporterLayer(t, other)))
+	src := reg.push(t, "disks/a", imagetest.Image(t, diskimporterLayer(t, disk)))
+	srcOther := reg.push(t, "disks/b", imagetest.Image(t, diskimporterLayer(t, other)))
 	ctx := testContext(t)
 
 	// A partial output of another disk, left by a cancelled export.
@@ -718,7 +661,7 @@ func TestBadInput(t *testing.T) {
 		t.Parallel()
 		for _, output := range []string{"file", "stdout"} {
 			reg := newTestRegistry(t, false)
-			src := reg.push(t, "x/damaged", imageOf(t, diskimporterLayer(t, disk)))
+			src := reg.push(t, "x/damaged", imagetest.Image(t, diskimporterLayer(t, disk)))
 			reg.damage.Store(true)
 			out := filepath.Join(t.TempDir(), "disk.img")
 			o := reg.options(t, src, out)
@@ -737,7 +680,7 @@ func TestBadInput(t *testing.T) {
 	t.Run("no disk", func(t *testing.T) {
 		t.Parallel()
 		reg := newTestRegistry(t, false)
-		src := reg.push(t, "x/nodisk", imageOf(t, staticLayer(t, tarOf(t, "etc/hosts", "x", "disk/", "", "disks/a.img", "y"), types.OCIUncompressedLayer)))
+		src := reg.push(t, "x/nodisk", imagetest.Image(t, staticLayer(t, imagetest.Tar(t, "etc/hosts", "x", "disk/", "", "disks/a.img", "y"), types.OCIUncompressedLayer)))
 		out := filepath.Join(t.TempDir(), "disk.img")
 		_, err := export.Export(testContext(t), reg.options(t, src, out))
 		if !errors.Is(err, blob.ErrNoDisk) || reason.Of(err) != "UnsupportedFormat" || !strings.Contains(err.Error(), "no regular file under disk/") {
@@ -749,7 +692,7 @@ func TestBadInput(t *testing.T) {
 	t.Run("index without the platform", func(t *testing.T) {
 		t.Parallel()
 		reg := newTestRegistry(t, false)
-		img := imageOf(t, diskimporterLayer(t, disk))
+		img := imagetest.Image(t, diskimporterLayer(t, disk))
 		reg.putIndex(t, "x/index", "v1", img, v1.Platform{OS: "linux", Architecture: "s390x"}, v1.Platform{OS: "linux", Architecture: "arm64", Variant: "v8"})
 		ref := reg.host + "/x/index:v1"
 		out := filepath.Join(t.TempDir(), "disk.img")
@@ -769,7 +712,7 @@ func TestBadInput(t *testing.T) {
 	t.Run("401", func(t *testing.T) {
 		t.Parallel()
 		reg := newTestRegistry(t, false)
-		src := reg.push(t, "x/auth", imageOf(t, diskimporterLayer(t, disk)))
+		src := reg.push(t, "x/auth", imagetest.Image(t, diskimporterLayer(t, disk)))
 		out := filepath.Join(t.TempDir(), "disk.img")
 		o := reg.options(t, src, out)
 		o.Keychain = authn.NewMultiKeychain() // anonymous

@@ -16,6 +16,7 @@ import (
 	"testing"
 
 	"github.com/diskimporter/diskimporter/importer/export"
+	"github.com/diskimporter/diskimporter/importer/imagetest"
 )
 
 // logRecorder keeps the log records of an export, and sends them on to t.
@@ -187,7 +188,7 @@ func TestResumeChecksPartial(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			reg := newTestRegistry(t, false)
-			src := reg.push(t, "disks/check", imageOf(t, diskimporterLayer(t, disk)))
+			src := reg.push(t, "disks/check", imagetest.Image(t, diskimporterLayer(t, disk)))
 			out := filepath.Join(t.TempDir(), "disk.img")
 			o := reg.options(t, src, out)
 			o.CheckpointInterval = 1 << 20
@@ -222,7 +223,7 @@ func TestConcurrentExports(t *testing.T) {
 	t.Parallel()
 	disk := mixedDisk(3<<20 + 555)
 	regA, regB := newTestRegistry(t, false), newTestRegistry(t, false)
-	img := imageOf(t, diskimporterLayer(t, disk))
+	img := imagetest.Image(t, diskimporterLayer(t, disk))
 	srcA, srcB := regA.push(t, "disks/a", img), regB.push(t, "disks/a", img)
 	out := filepath.Join(t.TempDir(), "disk.img")
 
@@ -286,7 +287,7 @@ func TestSymlinks(t *testing.T) {
 		t.Run(tc.suffix, func(t *testing.T) {
 			t.Parallel()
 			reg := newTestRegistry(t, false)
-			src := reg.push(t, "disks/link", imageOf(t, diskimporterLayer(t, disk)))
+			src := reg.push(t, "disks/link", imagetest.Image(t, diskimporterLayer(t, disk)))
 			victim := filepath.Join(t.TempDir(), "victim")
 			if err := os.WriteFile(victim, []byte("precious"), 0o600); err != nil {
 				t.Fatal(err)
@@ -331,7 +332,7 @@ func TestPrivateFiles(t *testing.T) {
 	const size = 4<<20 + 11
 	disk := mixedDisk(size)
 	reg := newTestRegistry(t, false)
-	src := reg.push(t, "disks/private", imageOf(t, diskimporterLayer(t, disk)))
+	src := reg.push(t, "disks/private", imagetest.Image(t, diskimporterLayer(t, disk)))
 	out := filepath.Join(t.TempDir(), "disk.img")
 	if err := os.WriteFile(out+".partial", []byte("left by an older version"), 0o644); err != nil {
 		t.Fatal(err)
@@ -356,7 +357,7 @@ func TestResultRounded(t *testing.T) {
 	t.Parallel()
 	disk := mixedDisk(1<<20 + 1)
 	reg := newTestRegistry(t, false)
-	src := reg.push(t, "disks/round", imageOf(t, diskimporterLayer(t, disk)))
+	src := reg.push(t, "disks/round", imagetest.Image(t, diskimporterLayer(t, disk)))
 	res, err := export.Export(testContext(t), reg.options(t, src, filepath.Join(t.TempDir(), "disk.img")))
 	if err != nil {
 		t.Fatal(err)

@@ -8,6 +8,7 @@ import (
 
 	"github.com/diskimporter/diskimporter/importer"
 	"github.com/diskimporter/diskimporter/importer/export"
+	"github.com/diskimporter/diskimporter/importer/imagetest"
 )
 
 // TestOnProgress: an export reports how much of the disk is written, as an
@@ -16,7 +17,7 @@ func TestOnProgress(t *testing.T) {
 	t.Parallel()
 	disk := mixedDisk(3 << 20)
 	reg := newTestRegistry(t, false)
-	src := reg.push(t, "disks/x", imageOf(t, diskimporterLayer(t, disk)))
+	src := reg.push(t, "disks/x", imagetest.Image(t, diskimporterLayer(t, disk)))
 	for _, fail := range []bool{false, true} {
 		o := reg.options(t, src, filepath.Join(t.TempDir(), "disk.img"))
 		if fail {
