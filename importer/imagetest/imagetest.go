@@ -64,6 +64,7 @@ type FlipWriter struct {
 	flipped bool
 }
 
+// Write writes p, its first byte flipped when it is the body's first.
 func (f *FlipWriter) Write(p []byte) (int, error) {
 	if !f.flipped && len(p) > 0 {
 		f.flipped = true
