@@ -4,6 +4,7 @@
 //
 //	go run ./e2e/bench                 # 1 GiB, the default plan (below)
 //	go run ./e2e/bench -markdown       # the same, as a Markdown table
+//	go run ./e2e/bench -rounds 3       # the plan three times over, each row its median round
 //	go run ./e2e/bench -size 4GiB -limits 1core -rows diskimporter,put-ceiling
 //	go run ./e2e/bench -faults         # the fault table instead (faults.go)
 //	go run ./e2e/bench -warm           # node warming against containerd's fetch (warm.go)
@@ -37,6 +38,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"encoding/json"
@@ -52,6 +54,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -78,6 +81,7 @@ func main() {
 	rowsFlag := flag.String("rows", "",
 		"rows, comma-separated, of: "+strings.Join(knownRows(), ", ")+
 			" (diskimporter-qcow2, -gz, -xz, -zst import the same disk in those containers); when only -limits is given: "+strings.Join(defaultRows, ","))
+	rounds := flag.Int("rounds", 1, "measure the whole plan this many times, one round after another, and print each cell's median round by MiB/s: a slow minute of a shared machine then moves a row less")
 	markdown := flag.Bool("markdown", false, "print the table as Markdown, the header lines as text above it")
 	warmRows := flag.Bool("warm", false, "print the warm table instead: containerd's own fetch of the imported image against diskimporter warm, on a registry on MinIO, unthrottled and throttled (-pull-throttle); needs root and containerd")
 	faults := flag.Bool("faults", false, "print the fault table instead: upload faults (dropped PATCH, SIGKILL and rerun, changed source, forgotten upload, wrong offsets) against a clean import; -rows and -limits do not apply")
@@ -132,9 +136,29 @@ func main() {
 			log.Fatal(err)
 		}
 	}
-	if err := bench(ctx, n, cells, *markdown); err != nil {
+	if *rounds < 1 {
+		log.Fatalf("-rounds %d: want 1 or more", *rounds)
+	}
+	if err := bench(ctx, n, cells, *rounds, *markdown); err != nil {
 		log.Fatal(err)
 	}
+}
+
+// median is the round of rs whose MiB/s is the median of those that
+// succeeded (the lower one of the middle two), or the first failure when
+// none did.
+func median(rs []result) result {
+	var ok []result
+	for _, r := range rs {
+		if r.err == nil {
+			ok = append(ok, r)
+		}
+	}
+	if len(ok) == 0 {
+		return rs[0]
+	}
+	slices.SortStableFunc(ok, func(a, b result) int { return cmp.Compare(a.m.mibps, b.m.mibps) })
+	return ok[(len(ok)-1)/2]
 }
 
 // given reports whether the flag name was set on the command line.
@@ -188,25 +212,35 @@ type setup struct {
 	importer     string                 // the diskimporter binary
 }
 
-func bench(ctx context.Context, size int64, cells []cell, markdown bool) error {
+// bench measures every cell, the whole plan rounds times over, one round
+// after another, and prints each cell's median round.
+func bench(ctx context.Context, size int64, cells []cell, rounds int, markdown bool) error {
 	s, cleanup, err := newSetup(ctx, size)
 	defer cleanup()
 	if err != nil {
 		return err
 	}
 
-	printHeader(os.Stdout, size, markdown)
-	var results []result
-	for _, c := range cells {
-		if ctx.Err() != nil {
-			break
+	printHeader(os.Stdout, size, rounds, markdown)
+	samples := make([][]result, len(cells))
+	for round := 1; round <= rounds; round++ {
+		for i, c := range cells {
+			if ctx.Err() != nil {
+				break
+			}
+			m, err := s.run(ctx, c.row, c.limit)
+			samples[i] = append(samples[i], result{cell: c, m: m, err: err})
+			if err != nil {
+				fmt.Fprintf(os.Stderr, "FAILED: %s at %s, round %d: %s\n", c.row, c.limit, round, oneLine(err))
+			} else {
+				fmt.Fprintf(os.Stderr, "done: %s at %s, round %d of %d\n", c.row, c.limit, round, rounds)
+			}
 		}
-		m, err := s.run(ctx, c.row, c.limit)
-		results = append(results, result{cell: c, m: m, err: err})
-		if err != nil {
-			fmt.Fprintf(os.Stderr, "FAILED: %s at %s: %s\n", c.row, c.limit, oneLine(err))
-		} else {
-			fmt.Fprintf(os.Stderr, "done: %s at %s\n", c.row, c.limit)
+	}
+	var results []result
+	for _, rs := range samples {
+		if len(rs) > 0 {
+			results = append(results, median(rs))
 		}
 	}
 	if err := printTable(os.Stdout, results, markdown); err != nil {

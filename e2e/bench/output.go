@@ -27,7 +27,7 @@ var columns = []struct{ name, align string }{
 
 // printHeader writes what the table needs to be read: when, on what, and
 // how the processes are placed; as paragraphs when markdown is set.
-func printHeader(w io.Writer, size int64, markdown bool) {
+func printHeader(w io.Writer, size int64, rounds int, markdown bool) {
 	lines := []string{
 		"diskimporter benchmark, " + time.Now().UTC().Format("2006-01-02 15:04 MST"),
 		fmt.Sprintf("machine: %d cores (%s), %s/%s, %s; disk %s (%d bytes, disk-like: 1/3 random, 1/3 zeros, 1/3 text)",
@@ -38,6 +38,9 @@ func printHeader(w io.Writer, size int64, markdown bool) {
 			registry.Version, rateString(pullRate)),
 		"CPU limit: where the client runs: 2cores on cores 0 and 1 (sharing core 1), 1core on core 0, millicores (750m) on core 0 under a cgroup v1 CPU quota",
 		"MiB/s: wall clock for the whole push, source to tag, or pull (cpu-ceiling: per CPU second); client CPU and peak RSS from the client's rusage; server CPU: of the registries, S3 stores, sources and pacer (this process and its other children, from /proc) during the row",
+	}
+	if rounds > 1 {
+		lines = append(lines, fmt.Sprintf("rounds: the plan measured %d times, one round after another; each row is its median round by MiB/s", rounds))
 	}
 	sep := "\n"
 	if markdown {
