@@ -386,7 +386,10 @@ func isImporterRow(row string) bool {
 }
 
 func (s *setup) run(ctx context.Context, row, limit string) (*measurement, error) {
-	repo := fmt.Sprintf("%s/bench/%s-%s:v%d", s.reg.Addr, row, limit, time.Now().UnixNano())
+	// A repository of its own for every measurement: oras and crane
+	// skip a blob the repository already holds, which would make a second
+	// round of theirs free.
+	repo := fmt.Sprintf("%s/bench/%s-%s-%d:v1", s.reg.Addr, row, limit, time.Now().UnixNano())
 	c, err := s.client(ctx, row, limit, repo)
 	if err != nil {
 		return nil, err
