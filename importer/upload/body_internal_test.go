@@ -10,13 +10,15 @@ import (
 // writerTo writes its bytes 7 at a time, then fails with err (nil: none),
 // and cannot be read.
 type writerTo struct {
-	b   []byte
-	err error
+	b     []byte
+	err   error
+	calls int // of WriteTo
 }
 
 func (w *writerTo) Read([]byte) (int, error) { panic("a body that writes itself was read") }
 
 func (w *writerTo) WriteTo(dst io.Writer) (int64, error) {
+	w.calls++
 	var total int64
 	for len(w.b) > 0 {
 		n, err := dst.Write(w.b[:min(7, len(w.b))])
@@ -84,6 +86,15 @@ func TestWritingBody(t *testing.T) {
 			}
 			if f := src.failure(); !errors.Is(f, tt.failure) || (tt.failure == nil) != (f == nil) {
 				t.Errorf("failure() = %v, want %v", f, tt.failure)
+			}
+			// net/http copies what follows the length too: nothing,
+			// without asking the body to write again.
+			if tt.wantErr == nil {
+				calls := wt.(*writerTo).calls
+				if n, err := (writingBody{src, wt}).WriteTo(w); n != 0 || err != nil || wt.(*writerTo).calls != calls {
+					t.Errorf("WriteTo after the length = %d, %v, with %d more calls of the body; want 0, nil, none",
+						n, err, wt.(*writerTo).calls-calls)
+				}
 			}
 		})
 	}

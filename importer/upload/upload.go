@@ -312,6 +312,12 @@ type writingBody struct {
 // WriteTo hands on the first left bytes the body writes, a failure of the
 // body kept for failure and one of w not.
 func (b writingBody) WriteTo(w io.Writer) (int64, error) {
+	if b.left <= 0 {
+		// net/http asks again for what follows the length: nothing,
+		// as Read says, and the body is not asked to write its end
+		// twice.
+		return 0, nil
+	}
 	lw := &limitedWriter{w: w, left: b.left}
 	n, err := b.wt.WriteTo(lw)
 	b.left = lw.left
