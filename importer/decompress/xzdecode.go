@@ -269,7 +269,7 @@ func (x *xzDecoder) dispatch(cost int64) {
 	b := &x.next
 	n := b.compressed + int64(b.padLen(b.compressed)+checkLen(b.checkType))
 	j := x.par.newJob()
-	j.reset(b, cost, int(n), aheadOf(b.size, x.opts.workers))
+	j.reset(b, cost, int(n))
 	x.blocks.add(b.unpadded(b.compressed), uint64(b.size))
 	x.par.submit(j)
 	x.filling = j

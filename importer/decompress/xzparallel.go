@@ -111,13 +111,11 @@ type xzJob struct {
 	need int          // bytes of compressed data, padding and check
 
 	mu      sync.Mutex
-	more    sync.Cond // signalled when have, unread or ended change
+	more    sync.Cond // signalled when have or ended change
 	data    []byte    // data[:have] read; the reader grows it
 	have    int
 	ended   bool // no more: the input ended or failed, or the pool stops
 	stopped bool // the pool stops
-	unread  int  // pieces sent and not read to their end
-	ahead   int  // the most unread pieces the worker may send
 }
 
 // xzPiece is a piece of a block's output, or its end: b nil, and err nil
@@ -202,7 +200,6 @@ func (p *xzPool) read(dst []byte) (int, error) {
 	if len(p.piece) == 0 {
 		p.pieces.put(p.whole[:cap(p.whole)])
 		p.whole = nil
-		p.queue[0].read()
 	}
 	return n, nil
 }
@@ -312,46 +309,11 @@ const (
 )
 
 // reset readies the job for a block of need bytes of compressed data,
-// padding and check, whose worker may decode ahead pieces that the reader
-// has not read.
-func (j *xzJob) reset(b *xzBlockInfo, cost int64, need, ahead int) {
+// padding and check.
+func (j *xzJob) reset(b *xzBlockInfo, cost int64, need int) {
 	j.info, j.cost, j.need = *b, cost, need
 	j.data = j.data[:min(cap(j.data), need)]
 	j.have, j.ended, j.stopped = 0, false, false
-	j.unread, j.ahead = 0, ahead
-}
-
-// aheadOf returns how many pieces of output a worker may decode ahead of
-// the reader in a block of size bytes, one of workers decoded at once:
-// (workers-1)/workers of the block. Once a block is read to its end, the
-// next is as far along as that, when the workers started their blocks
-// evenly spread; they soon do, after a worker was made to wait. Two
-// workers hold half a block of output each, not a whole one.
-func aheadOf(size int64, workers int) int {
-	n := (size*int64(workers-1)/int64(workers) + xzPieceSize - 1) / xzPieceSize
-	return max(1, int(n))
-}
-
-// send waits until the worker may send another piece, and counts it.
-func (j *xzJob) send() error {
-	j.mu.Lock()
-	defer j.mu.Unlock()
-	for j.unread >= j.ahead && !j.stopped {
-		j.more.Wait()
-	}
-	if j.stopped {
-		return errStopped
-	}
-	j.unread++
-	return nil
-}
-
-// read counts a piece read to its end.
-func (j *xzJob) read() {
-	j.mu.Lock()
-	j.unread--
-	j.more.Broadcast()
-	j.mu.Unlock()
 }
 
 // filled says whether the job has all its data.
@@ -447,9 +409,6 @@ func (w *xzWorker) decode(j *xzJob) error {
 	}
 	check := w.check(b.checkType)
 	for left := b.size; left > 0; {
-		if err := j.send(); err != nil {
-			return err
-		}
 		piece := w.pool.pieces.get()
 		k, err := io.ReadFull(w.lz, piece[:min(int64(len(piece)), left)])
 		if check != nil {
@@ -458,7 +417,6 @@ func (w *xzWorker) decode(j *xzJob) error {
 		left -= int64(k)
 		if k == 0 {
 			w.pool.pieces.put(piece)
-			j.read()
 		} else if !w.pool.send(j, xzPiece{b: piece[:k]}) {
 			return errStopped
 		}
