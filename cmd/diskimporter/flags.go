@@ -76,7 +76,7 @@ func addMetricsAddressFlag(fs *pflag.FlagSet, addr *string) {
 // command line 0 retries means none and a 0 stall timeout never;
 // checkReadFlags maps them to importer.ReadOptions.
 func addReadFlags(fs *pflag.FlagSet, r *importer.ReadOptions, defConnections int, chunkDefault string) {
-	fs.IntVar(&r.Connections, "connections", defConnections, "parallel Range requests (1 to 64) reading an object whose server answers them; 1 reads one stream")
+	fs.IntVar(&r.Connections, "connections", defConnections, "most parallel Range requests (1 to 64) reading an object whose server answers them: it starts with 2 and adds more while they make the read faster; 1 reads one stream")
 	fs.Var(newSize(&r.ChunkSize, importer.MinChunkSize, importer.MaxChunkSize), "chunk-size",
 		"length of each Range request, 64KiB to 1GiB; reassembly holds --connections × this (default "+chunkDefault+")")
 	addRetryFlags(fs, r, importer.DefaultRetries, importer.DefaultStallTimeout)

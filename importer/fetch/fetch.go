@@ -54,8 +54,9 @@ func (e *StatusError) Error() string { return "answered " + e.Status }
 // Options tune how an object is read. The zero value reads one stream and
 // never resumes.
 type Options struct {
-	// Connections is how many Range requests run at once; 1 or less
-	// reads one stream.
+	// Connections is how many Range requests may run at once; 1 or less
+	// reads one stream. A read starts with two, and has more only while
+	// they make it faster (tune.go).
 	Connections int
 	// ChunkSize is the length of each Range request, and of each of the
 	// Connections buffers that reassemble them in order.

@@ -9,6 +9,7 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -36,6 +37,7 @@ type server struct {
 	badRangeSent atomic.Bool
 	mu           sync.Mutex
 	ranges       []string
+	inAtStart    []int32 // requests in flight as each started, itself included
 }
 
 // faults are what a server does wrong.
@@ -59,6 +61,8 @@ type faults struct {
 	// changeAfter, when > 0, changes the ETag (and the bytes) after that
 	// many requests.
 	changeAfter int32
+	// pace, when > 0, holds each response to that many bytes a second.
+	pace int
 }
 
 func (s *server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -69,6 +73,7 @@ func (s *server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	s.mu.Lock()
 	s.ranges = append(s.ranges, r.Header.Get("Range"))
+	s.inAtStart = append(s.inAtStart, in)
 	s.mu.Unlock()
 	if n <= s.failFirst {
 		w.Header().Set("Retry-After", "1")
@@ -100,9 +105,13 @@ type faultyWriter struct {
 	s       *server
 	r       *http.Request
 	written int
+	start   time.Time
 }
 
 func (f *faultyWriter) Write(p []byte) (int, error) {
+	if f.s.pace > 0 {
+		return f.paced(p)
+	}
 	s := f.s
 	if s.dropAfter > 0 && f.written+len(p) > s.dropAfter && (s.dropCount == 0 || s.drops.Load() < s.dropCount) {
 		s.drops.Add(1)
@@ -122,6 +131,25 @@ func (f *faultyWriter) Write(p []byte) (int, error) {
 	n, err := f.ResponseWriter.Write(p)
 	f.written += n
 	return n, err
+}
+
+// paced writes p in steps of 16 KiB, each no sooner than the pace allows.
+func (f *faultyWriter) paced(p []byte) (int, error) {
+	if f.start.IsZero() {
+		f.start = time.Now()
+	}
+	written := 0
+	for len(p) > 0 {
+		time.Sleep(time.Until(f.start.Add(time.Duration(f.written) * time.Second / time.Duration(f.s.pace))))
+		n, err := f.ResponseWriter.Write(p[:min(len(p), 16<<10)])
+		f.ResponseWriter.(http.Flusher).Flush()
+		f.s.sent.Add(int64(n))
+		f.written, written, p = f.written+n, written+n, p[n:]
+		if err != nil {
+			return written, err
+		}
+	}
+	return written, nil
 }
 
 func randomBytes(n int) []byte {
@@ -308,6 +336,69 @@ func TestBoundedMemory(t *testing.T) {
 	}
 	if !bytes.Equal(append(head, rest...), s.data) {
 		t.Fatal("bytes differ")
+	}
+}
+
+// TestTuneAddsConnections: against a store that paces each connection,
+// the reader soon has every piece it may in flight.
+func TestTuneAddsConnections(t *testing.T) {
+	t.Parallel()
+	s := &server{data: randomBytes(24 << 20), etag: `"v1"`, faults: faults{pace: 4 << 20}}
+	ts := httptest.NewServer(s)
+	defer ts.Close()
+	got, _, err := readAll(t, ts.URL, nil, fetch.Options{Connections: 8, ChunkSize: 256 << 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, s.data) {
+		t.Fatal("bytes differ")
+	}
+	// 96 pieces, the first two at a time for some 300 ms (about 10),
+	// eight at a time on probation for as long (about 40), and then for
+	// good: pieces 60 to 80 start beside seven others.
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if n := slices.Max(s.inAtStart[60:80]); n < 8 {
+		t.Errorf("pieces 60 to 80 started with at most %d requests in flight (%v); want 8, each connection paced", n, s.inAtStart)
+	}
+}
+
+// TestTuneSlowConsumer: a consumer slower than the source keeps the
+// reader at two pieces in flight: more would only take memory and CPU.
+func TestTuneSlowConsumer(t *testing.T) {
+	t.Parallel()
+	s := &server{data: randomBytes(8 << 20), etag: `"v1"`}
+	ts := httptest.NewServer(s)
+	defer ts.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	obj, resp, err := fetch.Open(ctx, client(), ts.URL, "the object", nil, fetch.Options{Connections: 8, ChunkSize: 256 << 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := obj.NewReader(ctx, resp)
+	defer r.Close()
+	var got bytes.Buffer
+	tick := time.NewTicker(5 * time.Millisecond) // a piece each: 50 MiB/s
+	defer tick.Stop()
+	most := 0
+	for {
+		<-tick.C
+		// Pieces asked for, beyond those read.
+		most = max(most, int(s.requests.Load())-got.Len()/(256<<10))
+		n, err := got.ReadFrom(io.LimitReader(r, 256<<10))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n == 0 {
+			break
+		}
+	}
+	if !bytes.Equal(got.Bytes(), s.data) {
+		t.Fatal("bytes differ")
+	}
+	if most > 2 {
+		t.Errorf("%d pieces asked for ahead of the consumer; want at most 2 for one that never waits", most)
 	}
 }
 

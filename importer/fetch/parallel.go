@@ -11,11 +11,12 @@ import (
 )
 
 // parallelReader reads an object as bounded Range requests ("pieces") of
-// ChunkSize bytes, Connections at a time, each into its own buffer, and
-// hands the bytes out in order. A piece's buffer returns to the pool once
-// read, and only then may a piece further on start: at most Connections
-// buffers exist, and a slow piece at the head holds back the others
-// instead of letting them buffer without bound.
+// ChunkSize bytes, up to Connections at a time, each into its own buffer,
+// and hands the bytes out in order. A piece's buffer returns to the pool
+// once read, and only then may a piece further on start: at most
+// Connections buffers exist, and a slow piece at the head holds back the
+// others instead of letting them buffer without bound. How many pieces
+// are in flight, up to Connections, is the tuner's to say (tune.go).
 type parallelReader struct {
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -37,6 +38,7 @@ type parallelReader struct {
 	rate    float64 // bytes per second of the pieces done, a moving average
 	ended   chan struct{}
 	endOnce sync.Once
+	levels  // pieces in flight
 }
 
 // wakeBatch is how many bytes a waiting consumer lets arrive before it is
@@ -70,7 +72,8 @@ func newParallelReader(ctx context.Context, cancel context.CancelFunc, o *Object
 	}
 	r.ready.L = &r.mu
 	r.ended = make(chan struct{})
-	for range n {
+	r.tuner = newTuner(n)
+	for range r.tuner.level {
 		r.free <- nil
 	}
 	r.wg.Add(2)
@@ -89,38 +92,53 @@ const (
 	straggleLooks = 4
 )
 
-// watch looks for a straggler at the head until the read ends.
+// watch tunes the pieces in flight and looks for a straggler at the head
+// until the read ends.
 func (r *parallelReader) watch() {
 	defer r.wg.Done()
-	t := time.NewTicker(straggleLook)
+	t := time.NewTicker(tuneTick)
 	defer t.Stop()
+	start := time.Now()
+	r.warm(start, 0)
+	looked := start
 	for {
+		var now time.Time
 		select {
-		case <-t.C:
+		case now = <-t.C:
 		case <-r.ctx.Done():
 			return
 		case <-r.ended:
 			return
 		}
-		r.mu.Lock()
-		p := r.waiting
-		cut := false
-		if p != nil && !p.done && r.rate > 0 {
-			gave := p.filled - p.seen
-			p.seen = p.filled
-			if float64(gave) < r.rate*straggleLook.Seconds()/4 {
-				p.slow++
-			} else {
-				p.slow = 0
-			}
-			if p.slow >= straggleLooks {
-				p.slow, cut = 0, true
-			}
+		r.tune(now)
+		if now.Sub(looked) >= straggleLook {
+			looked = now
+			r.look()
 		}
-		r.mu.Unlock()
-		if cut {
-			p.attempt.cut()
+	}
+}
+
+// look cuts the head piece's response when it has been a straggler for
+// straggleLooks looks in a row.
+func (r *parallelReader) look() {
+	r.mu.Lock()
+	p := r.waiting
+	cut := false
+	if p != nil && !p.done && r.rate > 0 {
+		gave := p.filled - p.seen
+		p.seen = p.filled
+		if float64(gave) < r.rate*straggleLook.Seconds()/4 {
+			p.slow++
+		} else {
+			p.slow = 0
 		}
+		if p.slow >= straggleLooks {
+			p.slow, cut = 0, true
+		}
+	}
+	r.mu.Unlock()
+	if cut {
+		p.attempt.cut()
 	}
 }
 
@@ -164,6 +182,7 @@ func (r *parallelReader) fetch(p *piece, body io.ReadCloser) {
 	defer r.wg.Done()
 	err := r.o.fill(r.ctx, p.start, p.buf, body, func(filled int) {
 		r.mu.Lock()
+		r.arrive(p, filled)
 		p.filled = filled
 		if r.waiting == p && filled >= r.until {
 			r.ready.Signal()
@@ -222,9 +241,11 @@ func (r *parallelReader) Next(n int) ([]byte, error) {
 	r.mu.Lock()
 	if p.filled == r.off && !p.done {
 		r.waiting, r.until = p, r.off+min(n, wakeBatch, len(p.buf)-r.off)
+		r.waitingSince = time.Now()
 		for p.filled < r.until && !p.done {
 			r.ready.Wait()
 		}
+		r.waited += time.Since(r.waitingSince)
 		r.waiting = nil
 	}
 	filled, err := p.filled, p.err
@@ -250,7 +271,9 @@ func (r *parallelReader) Next(n int) ([]byte, error) {
 // pool for a piece further on.
 func (r *parallelReader) recycle() {
 	if r.spent != nil {
-		r.free <- r.spent // never blocks: it was taken from there
+		r.mu.Lock()
+		r.give(r.spent)
+		r.mu.Unlock()
 		r.spent = nil
 	}
 }
@@ -270,7 +293,7 @@ func (r *parallelReader) Close() error {
 		drained <- bufs
 	}()
 	r.wg.Wait()
-	bufs := <-drained
+	bufs := append(<-drained, r.held...)
 	for more := true; more; {
 		select {
 		case b := <-r.free:
