@@ -107,6 +107,9 @@ func (r ReadOptions) FetchOptions(logger *slog.Logger, display string) fetch.Opt
 		Retries:      r.Retries,
 		StallTimeout: r.StallTimeout,
 		RetryWait:    r.RetryWait,
+		OnLevel: func(pieces int) {
+			logger.Info("source read faster with more connections; keeping them", "source", display, "connections", pieces)
+		},
 		OnRetry: func(offset int64, err error) {
 			logger.Warn("source read failed; resuming", "source", display, "offset", offset, "error", err)
 			if r.OnRetry != nil {

@@ -77,6 +77,9 @@ type Options struct {
 	// RetryWait is the first wait before a retry; it doubles on each
 	// failure in a row, up to 10 s. Default 250 ms.
 	RetryWait time.Duration
+	// OnLevel, when set, is told of each number of pieces in flight
+	// that a parallel read found faster than fewer, and keeps (tune.go).
+	OnLevel func(pieces int)
 	// OnRetry, when set, is told of each failure that is about to be
 	// retried, with the offset the retry resumes from.
 	OnRetry func(offset int64, err error)

@@ -340,16 +340,27 @@ func TestBoundedMemory(t *testing.T) {
 }
 
 // TestTuneAddsConnections: against a store that paces each connection,
-// the reader soon has every piece it may in flight.
+// the reader soon has every piece it may in flight, and says so.
 func TestTuneAddsConnections(t *testing.T) {
 	t.Parallel()
 	s := &server{data: randomBytes(24 << 20), etag: `"v1"`, faults: faults{pace: 4 << 20}}
 	ts := httptest.NewServer(s)
 	defer ts.Close()
-	got, _, err := readAll(t, ts.URL, nil, fetch.Options{Connections: 8, ChunkSize: 256 << 10})
+	var mu sync.Mutex
+	var kept []int
+	got, _, err := readAll(t, ts.URL, nil, fetch.Options{Connections: 8, ChunkSize: 256 << 10, OnLevel: func(n int) {
+		mu.Lock()
+		kept = append(kept, n)
+		mu.Unlock()
+	}})
 	if err != nil {
 		t.Fatal(err)
 	}
+	mu.Lock()
+	if len(kept) == 0 || kept[len(kept)-1] != 8 {
+		t.Errorf("levels kept %v; want 8 last", kept)
+	}
+	mu.Unlock()
 	if !bytes.Equal(got, s.data) {
 		t.Fatal("bytes differ")
 	}

@@ -64,16 +64,17 @@ func newTuner(max int) *tuner {
 }
 
 // decide takes the window just measured at the current level, which ended
-// at now, and returns the level of the next one.
-func (t *tuner) decide(w window, now time.Time) int {
+// at now, and returns the level of the next one, and whether the window
+// was a probe that paid.
+func (t *tuner) decide(w window, now time.Time) (level int, paid bool) {
 	if t.prev > 0 {
 		if w.rate() < tuneGain*t.base.rate() {
 			t.level, t.prev = t.prev, 0
 			t.next = now.Add(t.backoff)
 			t.backoff = min(2*t.backoff, tuneMaxBackoff)
-			return t.level
+			return t.level, false
 		}
-		t.prev, t.backoff = 0, tuneBackoff
+		t.prev, t.backoff, paid = 0, tuneBackoff, true
 	}
 	t.base = w
 	waited := float64(w.waited) / float64(w.length)
@@ -83,7 +84,7 @@ func (t *tuner) decide(w window, now time.Time) int {
 			t.level = t.max
 		}
 	}
-	return t.level
+	return t.level, paid
 }
 
 // settled says whether the tuner will never change the level again.
@@ -196,7 +197,10 @@ func (r *parallelReader) tune(now time.Time) {
 	}
 	w := window{length: now.Sub(r.from), arrived: at.arrived - r.at.arrived, waited: at.waited - r.at.waited}
 	old := r.tuner.level
-	level := r.tuner.decide(w, now)
+	level, paid := r.tuner.decide(w, now)
+	if paid && r.o.opts.OnLevel != nil {
+		r.o.opts.OnLevel(old)
+	}
 	if level == old {
 		r.from, r.at = now, at
 		return

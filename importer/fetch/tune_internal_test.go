@@ -105,7 +105,7 @@ func TestTunerBacksOff(t *testing.T) {
 		{9000, 1, 8},   // the most: nothing changes
 	}
 	for _, s := range steps {
-		if got := tn.decide(win(s.rate), at(s.ms)); got != s.want {
+		if got, _ := tn.decide(win(s.rate), at(s.ms)); got != s.want {
 			t.Fatalf("at %d ms, %v bytes/s: level %d, want %d", s.ms, s.rate, got, s.want)
 		}
 	}
