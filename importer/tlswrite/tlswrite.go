@@ -16,6 +16,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"time"
 )
 
 // batchSize is how many bytes of records are sent in one socket write.
@@ -40,6 +41,20 @@ func Client(ctx context.Context, conn net.Conn, cfg *tls.Config) (*Conn, error) 
 		return nil, err
 	}
 	return &Conn{Conn: tc, b: b}, nil
+}
+
+// closeWait bounds how long Close waits to send its close_notify alert.
+// crypto/tls gives that write 5 s, so a peer that stopped reading (a
+// registry, or a proxy, holding a request whose body it does not read)
+// would hold each Close, and with it a cancelled request, that long.
+const closeWait = 100 * time.Millisecond
+
+// Close sends the close_notify alert, when the connection takes it within
+// closeWait, and closes the connection.
+func (c *Conn) Close() error {
+	t := time.AfterFunc(closeWait, func() { c.b.Conn.Close() })
+	defer t.Stop()
+	return c.Conn.Close()
 }
 
 // Write writes p as TLS records, sent together.

@@ -14,6 +14,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -77,6 +78,69 @@ func dial(t *testing.T, addr string, cfg *tls.Config) (*tlswrite.Conn, *counting
 	}
 	t.Cleanup(func() { c.Close() })
 	return c, cc
+}
+
+// stuckConn stops taking writes once stuck is set, as a socket whose peer
+// stopped reading: a Write then waits for the write deadline or Close.
+type stuckConn struct {
+	net.Conn
+	stuck    atomic.Bool
+	closed   chan struct{}
+	once     sync.Once
+	deadline atomic.Value // time.Time
+}
+
+func (c *stuckConn) Write(p []byte) (int, error) {
+	if !c.stuck.Load() {
+		return c.Conn.Write(p)
+	}
+	d, _ := c.deadline.Load().(time.Time)
+	wait := time.Hour
+	if !d.IsZero() {
+		wait = time.Until(d)
+	}
+	select {
+	case <-c.closed:
+		return 0, net.ErrClosed
+	case <-time.After(wait):
+		return 0, errors.New("write deadline exceeded")
+	}
+}
+
+func (c *stuckConn) SetWriteDeadline(t time.Time) error {
+	c.deadline.Store(t)
+	return c.Conn.SetWriteDeadline(t)
+}
+
+func (c *stuckConn) Close() error {
+	c.once.Do(func() { close(c.closed) })
+	return c.Conn.Close()
+}
+
+// TestCloseDoesNotWait: Close returns within a fraction of a second when
+// the peer takes no more bytes, where crypto/tls would wait 5 s to send
+// its close_notify; a cancelled request closes its connection this way.
+func TestCloseDoesNotWait(t *testing.T) {
+	t.Parallel()
+	addr, cfg := server(t, func(c net.Conn) { io.Copy(io.Discard, c) })
+	raw, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sc := &stuckConn{Conn: raw, closed: make(chan struct{})}
+	c, err := tlswrite.Client(t.Context(), sc, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Write([]byte("hello")); err != nil {
+		t.Fatal(err)
+	}
+	sc.stuck.Store(true)
+	start := time.Now()
+	c.Close()
+	if d := time.Since(start); d > 2*time.Second {
+		t.Errorf("Close took %v with a peer that reads nothing", d)
+	}
 }
 
 // TestRecordsGoTogether: 8 MiB written as 1 MiB Writes, or through
