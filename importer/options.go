@@ -27,11 +27,12 @@ import (
 // DefaultStallTimeout); a negative Retries or StallTimeout means none or
 // never.
 type ReadOptions struct {
-	// Connections is how many Range requests read an object at once, when
-	// the server answers them and the object has a length and an ETag or
-	// Last-Modified (or is content-addressed); 1 reads one stream. Memory
-	// for reassembly is Connections × ChunkSize. 1 to 64; zero: the
-	// command's default.
+	// Connections is how many Range requests may read an object at once,
+	// when the server answers them and the object has a length and an
+	// ETag or Last-Modified (or is content-addressed); 1 reads one
+	// stream. A read starts with two and has more only while they make it
+	// faster (package fetch). Memory for reassembly is at most
+	// Connections × ChunkSize. 1 to 64; zero: the command's default.
 	Connections int
 
 	// ChunkSize is the length of each Range request, 64 KiB to 1 GiB.
