@@ -75,6 +75,7 @@ func runExport(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	if code, ok := s.prepare(fs, exportUsage, args, nil, check, &c.commonCLI, true, "source", "output"); !ok {
 		return code
 	}
+	atLeastProcs(exportProcs)
 	o.Logger = s.logger
 	o.ProgressInterval = s.con.progressInterval(0)
 	o.Dense = !c.sparse
