@@ -104,7 +104,10 @@ func (r *parallelReader) watch() {
 	for {
 		var now time.Time
 		select {
-		case now = <-t.C:
+		case <-t.C:
+			// Not the tick's own time, when it was sent: read late, it
+			// would end a window before a wait it counts began.
+			now = time.Now()
 		case <-r.ctx.Done():
 			return
 		case <-r.ended:

@@ -17,7 +17,9 @@ import "time"
 //     all of them when the consumer waited tuneStarved of the window;
 //   - a probe is kept when, over a window measured after a warm-up (in
 //     which the new pieces connect, and the buffers they bring fill), the
-//     bytes arriving per second grew by tuneGain;
+//     bytes arriving per second grew by tuneGain over the better of the
+//     last two windows at the level it left: one slow window there (the
+//     client or the store paused) does not make a probe seem to pay;
 //   - after a probe that did not pay, the next waits tuneBackoff, doubling
 //     up to tuneMaxBackoff, so that a store that changes pace is probed
 //     again now and then.
@@ -45,7 +47,13 @@ type window struct {
 	waited  time.Duration // the consumer waited for bytes
 }
 
-func (w window) rate() float64 { return float64(w.arrived) / w.length.Seconds() }
+// rate is the bytes per second that arrived over w; 0 for no window.
+func (w window) rate() float64 {
+	if w.length <= 0 {
+		return 0
+	}
+	return float64(w.arrived) / w.length.Seconds()
+}
 
 // tuner decides how many pieces a parallel read has in flight from the
 // windows measured at each level. It keeps no clock: decide is given the
@@ -55,6 +63,7 @@ type tuner struct {
 	level   int
 	prev    int       // the level before the probe under way; 0 for none
 	base    window    // the last window at the level probed from
+	before  window    // the window before base at that level; zero for none
 	next    time.Time // no probe before this
 	backoff time.Duration
 }
@@ -68,15 +77,16 @@ func newTuner(max int) *tuner {
 // was a probe that paid.
 func (t *tuner) decide(w window, now time.Time) (level int, paid bool) {
 	if t.prev > 0 {
-		if w.rate() < tuneGain*t.base.rate() {
+		if w.rate() < tuneGain*max(t.base.rate(), t.before.rate()) {
 			t.level, t.prev = t.prev, 0
 			t.next = now.Add(t.backoff)
 			t.backoff = min(2*t.backoff, tuneMaxBackoff)
 			return t.level, false
 		}
 		t.prev, t.backoff, paid = 0, tuneBackoff, true
+		t.base = window{} // the level changed: no window before w at it
 	}
-	t.base = w
+	t.before, t.base = t.base, w
 	waited := float64(w.waited) / float64(w.length)
 	if t.level < t.max && !now.Before(t.next) && waited >= tuneWaiting {
 		t.prev, t.level = t.level, min(2*t.level, t.max)
@@ -122,11 +132,12 @@ func (r *parallelReader) arrive(p *piece, filled int) {
 }
 
 // counts returns the bytes arrived and the consumer's waits until now;
-// mu held.
+// mu held. A wait that began after now (the consumer took mu first) counts
+// nothing yet: a window's waits never shrink.
 func (r *parallelReader) counts(now time.Time) window {
 	w := window{arrived: r.arrived, waited: r.waited}
 	if r.waiting != nil {
-		w.waited += now.Sub(r.waitingSince)
+		w.waited += max(0, now.Sub(r.waitingSince))
 	}
 	return w
 }

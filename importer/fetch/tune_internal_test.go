@@ -101,7 +101,7 @@ func TestTunerBacksOff(t *testing.T) {
 		{3600, 200, 8}, // paid: probe on at once
 		{3800, 100, 4}, // did not pay: back to 4, the backoff a second again
 		{4800, 100, 8}, // probe
-		{5000, 130, 8}, // paid
+		{5000, 270, 8}, // paid: over 1.3 × the better of 4's last two (200)
 		{9000, 1, 8},   // the most: nothing changes
 	}
 	for _, s := range steps {
@@ -111,5 +111,49 @@ func TestTunerBacksOff(t *testing.T) {
 	}
 	if !tn.settled() {
 		t.Error("at the most and not probing, yet not settled")
+	}
+}
+
+// TestTunerOneSlowWindow: a probe is judged against the better of the last
+// two windows at the level it left, so that one slow window there (the
+// client or the store paused) does not make it seem to pay.
+func TestTunerOneSlowWindow(t *testing.T) {
+	t.Parallel()
+	tn := newTuner(8)
+	at := func(ms int) time.Time { return time.UnixMilli(int64(ms)) }
+	win := func(rate, waited float64) window {
+		return window{length: time.Second, arrived: int64(rate), waited: time.Duration(waited * float64(time.Second))}
+	}
+	steps := []struct {
+		ms           int
+		rate, waited float64
+		want         int
+	}{
+		{0, 100, 0.1, 2},    // the consumer hardly waits: no probe
+		{200, 60, 0.5, 4},   // a slow window, the consumer waiting: probe
+		{400, 90, 0.5, 2},   // 1.5 × the slow window, 0.9 × the one before: not kept
+		{1400, 100, 0.5, 4}, // probe again after the backoff
+		{1600, 140, 0.5, 8}, // 1.4 × the better of the last two (60, 100): kept; probe on
+	}
+	for _, s := range steps {
+		if got, _ := tn.decide(win(s.rate, s.waited), at(s.ms)); got != s.want {
+			t.Fatalf("at %d ms, %v bytes/s: level %d, want %d", s.ms, s.rate, got, s.want)
+		}
+	}
+}
+
+// TestCountsNeverShrink: a wait that began after the time a window is
+// counted at adds nothing to it, rather than taking its length off.
+func TestCountsNeverShrink(t *testing.T) {
+	t.Parallel()
+	now := time.Now()
+	r := &parallelReader{}
+	r.waited = time.Second
+	r.waiting, r.waitingSince = &piece{}, now.Add(50*time.Millisecond)
+	if w := r.counts(now); w.waited != time.Second {
+		t.Errorf("a wait from 50 ms after the count: %v waited, want 1s", w.waited)
+	}
+	if w := r.counts(now.Add(80 * time.Millisecond)); w.waited != time.Second+30*time.Millisecond {
+		t.Errorf("30 ms into that wait: %v waited, want 1.03s", w.waited)
 	}
 }
