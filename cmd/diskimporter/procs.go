@@ -19,12 +19,9 @@ import (
 const exportProcs = 2
 
 // atLeastProcs raises GOMAXPROCS to n when Go's default is lower and the
-// environment does not set it, and returns the value it runs with.
-func atLeastProcs(n int) int {
-	procs := runtime.GOMAXPROCS(0)
-	if procs < n && os.Getenv("GOMAXPROCS") == "" {
+// environment does not set it.
+func atLeastProcs(n int) {
+	if runtime.GOMAXPROCS(0) < n && os.Getenv("GOMAXPROCS") == "" {
 		runtime.GOMAXPROCS(n)
-		procs = n
 	}
-	return procs
 }
